@@ -1,0 +1,1 @@
+"""Backends: one module per kind of lock, behind the small contract in ``_base``."""

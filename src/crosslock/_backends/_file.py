@@ -1,0 +1,252 @@
+"""The ``file`` backend: the operating system's own file lock.
+
+flock on POSIX, LockFileEx on Windows, on one descriptor per lock file and
+process, kept open across acquisitions. Waiting happens in the kernel, so a
+waiter is woken by the release itself:
+
+* without a timeout, the calling thread blocks in the kernel call (Ctrl-C
+  still interrupts it);
+* with a timeout, a helper thread blocks in the kernel call on a second
+  descriptor of the same file while the caller waits on a condition with the
+  timeout. If the caller gives up, the helper stays parked in the kernel; a
+  grant that arrives after that is handed back at once (unlocked and closed),
+  or handed to the next caller of this process that wants the lock. A
+  timed-out ``acquire`` therefore never turns into a hold later.
+
+After each grant the descriptor is checked to still be the file at the path;
+if the file was removed or replaced meanwhile, the lock is dropped and taken
+again on the file now at the path, so all waiters converge on one file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .. import _record
+from .._errors import LockError, LockLost
+from .._paths import lock_path
+from ._base import Backend, Target, no_options
+
+if sys.platform == "win32":  # the one place the platform is chosen
+    from . import _windows as _os
+else:
+    from . import _posix as _os
+
+__all__ = ["FileBackend", "FileTarget"]
+
+
+class FileTarget(Target):
+    """A lock file at an absolute path."""
+
+    backend_name = "file"
+    supports_shared = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, name: object, spec: str, options: dict[str, Any]) -> FileTarget:
+        no_options(cls.backend_name, options)
+        if name is None:
+            raise TypeError(
+                f"the {cls.backend_name} backend needs a lock name or path, "
+                "e.g. Lock('jobs') or Lock('/srv/app/jobs.lock')"
+            )
+        return cls(lock_path(name))
+
+    @property
+    def key(self) -> Hashable:
+        return ("file", self.path)
+
+    @property
+    def display(self) -> str:
+        return self.path
+
+    def open(self) -> FileBackend:
+        return FileBackend(self.path)
+
+
+def _identity(fd: int, path: str, lock_file: bool = True) -> tuple[int, int]:
+    st = os.fstat(fd)
+    if lock_file and st.st_nlink > 1:
+        os.close(fd)
+        raise LockError(
+            f"lock file {path!r} has {st.st_nlink} hard links; a lock file must have one "
+            "(someone may have linked it to another file): remove it or choose another path"
+        )
+    return st.st_dev, st.st_ino
+
+
+class _Wait:
+    """A blocking kernel wait running in a helper thread on its own descriptor."""
+
+    __slots__ = ("done", "error", "fd", "granted", "shared", "waiters")
+
+    def __init__(self, fd: int, shared: bool) -> None:
+        self.fd = fd
+        self.shared = shared
+        self.done = False
+        self.granted = False
+        self.error: BaseException | None = None
+        self.waiters = 0
+
+
+class FileBackend(Backend):
+    kind = "file"
+
+    def __init__(
+        self, path: str, opener: Callable[[str], int] | None = None, lock_file: bool = True
+    ) -> None:
+        """Open the lock file at ``path`` (or lock a data file, for ``crosslock.open``:
+        then ``opener`` opens it and ``lock_file`` is false)."""
+        self._path = path
+        self._open = opener or _os.open_lock_file
+        self._lock_file = lock_file
+        self._fd = self._open(path)
+        self._ident = _identity(self._fd, path, lock_file)
+        self._cond = threading.Condition(threading.Lock())
+        self._waits: dict[bool, _Wait] = {}
+
+    # -- acquire / release -------------------------------------------------
+
+    def acquire(self, shared: bool, deadline: float | None) -> bool:
+        while True:
+            if self._fd < 0:
+                self._fd = self._open(self._path)
+                self._ident = _identity(self._fd, self._path, self._lock_file)
+            if not _os.try_lock(self._fd, shared):
+                if deadline is None:
+                    _os.lock(self._fd, shared)
+                elif deadline <= time.monotonic() or not self._wait_in_helper(shared, deadline):
+                    return False
+            if self._at_path():
+                return True
+            # The file was removed or replaced while we waited: let it go and
+            # take the lock on the file that is at the path now.
+            _os.unlock(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def _wait_in_helper(self, shared: bool, deadline: float) -> bool:
+        with self._cond:
+            wait = self._waits.get(shared)
+            if wait is None:
+                fd = self._open(self._path)
+                wait = self._waits[shared] = _Wait(fd, shared)
+                threading.Thread(
+                    target=self._run_wait, args=(wait,), name="crosslock-wait", daemon=True
+                ).start()
+            wait.waiters += 1
+            try:
+                while not wait.done:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                wait.waiters -= 1
+            if wait.error is not None:
+                os.close(wait.fd)
+                raise wait.error
+            # Adopt the helper's descriptor: it holds the lock now. The kept
+            # descriptor holds nothing (this process held nothing), so closing
+            # it gives nothing away.
+            old, self._fd = self._fd, wait.fd
+            st = os.fstat(wait.fd)
+            self._ident = (st.st_dev, st.st_ino)
+            os.close(old)
+            return True
+
+    def _run_wait(self, wait: _Wait) -> None:
+        try:
+            _os.lock(wait.fd, wait.shared)
+            wait.granted = True
+        except BaseException as exc:  # handed to the waiter, if any
+            wait.error = exc
+        with self._cond:
+            wait.done = True
+            if self._waits.get(wait.shared) is wait:
+                del self._waits[wait.shared]
+            if wait.waiters:
+                self._cond.notify_all()
+                return
+        # Nobody wants this grant any more: give it back at once.
+        if wait.granted:
+            _os.unlock(wait.fd)
+        os.close(wait.fd)
+
+    def release(self) -> None:
+        at_path = self._at_path()
+        _os.unlock(self._fd)
+        if not at_path:
+            os.close(self._fd)
+            self._fd = -1
+            raise LockLost(
+                f"lock file {self._path!r} was removed or replaced while held, so others "
+                "may have held the lock meanwhile"
+            )
+
+    def _at_path(self) -> bool:
+        try:
+            st = os.lstat(self._path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ident
+
+    def lost(self) -> bool:
+        return not self._at_path()
+
+    def locked(self) -> bool:
+        return _os.probe(self._path) is not None
+
+    # -- record: token and holder details ----------------------------------
+
+    def token(self, shared: bool, since: float) -> int:
+        if not shared:
+            return _record.next_token(self._fd, self._path, since)
+        try:
+            _os.record_lock(self._fd)
+        except OSError as exc:
+            raise PermissionError(
+                exc.errno,
+                f"cannot write the fencing token to lock file {self._path!r}: {exc.strerror}",
+            ) from None
+        try:
+            return _record.next_token(self._fd, self._path, since)
+        finally:
+            _os.record_unlock(self._fd)
+
+    def publish(self, since: float, details: dict[str, Any]) -> None:
+        _record.publish(self._fd, self._path, since, details)
+
+    # -- lifetime -----------------------------------------------------------
+
+    def forget(self) -> None:
+        fds = [self._fd, *(w.fd for w in self._waits.values())]
+        self._fd = -1
+        self._waits = {}
+        self._cond = threading.Condition(threading.Lock())
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)  # the parent keeps its own descriptor and hold
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+
+    @property
+    def fd(self) -> int:
+        """The descriptor that holds the lock (changes when a wait is adopted)."""
+        return self._fd

@@ -1,0 +1,122 @@
+"""The ``filelock`` backend: the `filelock <https://pypi.org/project/filelock/>`_
+package's ``FileLock`` behind crosslock's interface.
+
+For projects that already use filelock and want crosslock's interface, or
+to share a lock with programs that use filelock. filelock polls while it
+waits; this backend asks it to poll every millisecond. The fencing token and
+holder details live in the lock file's record, as with the ``file`` backend.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Hashable
+from typing import Any
+
+from .. import _record
+from .._errors import BackendUnavailable
+from .._paths import lock_path
+from ._base import Backend, Target, no_options
+
+if sys.platform == "win32":
+    from . import _windows as _os
+else:
+    from . import _posix as _os
+
+__all__ = ["FilelockBackend", "FilelockTarget"]
+
+#: How often filelock retries while waiting (seconds).
+POLL_INTERVAL = 0.001
+
+
+def _filelock() -> Any:
+    try:
+        import filelock
+    except ImportError:
+        raise BackendUnavailable(
+            "the filelock backend needs the filelock package: pip install 'crosslock[filelock]'"
+        ) from None
+    return filelock
+
+
+class FilelockTarget(Target):
+    backend_name = "filelock"
+    supports_shared = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, name: object, spec: str, options: dict[str, Any]) -> FilelockTarget:
+        no_options(cls.backend_name, options)
+        _filelock()
+        if name is None:
+            raise TypeError("the filelock backend needs a lock name or path, e.g. Lock('jobs')")
+        return cls(lock_path(name))
+
+    @property
+    def key(self) -> Hashable:
+        return ("filelock", self.path)
+
+    @property
+    def display(self) -> str:
+        return self.path
+
+    def open(self) -> FilelockBackend:
+        return FilelockBackend(self.path)
+
+
+class FilelockBackend(Backend):
+    kind = "filelock"
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        # Our own descriptor validates the path (no symlink, no directory,
+        # no FIFO) and carries the record; filelock locks with its own.
+        self._fd = _os.open_lock_file(path)
+        self._module = _filelock()
+        self._lock = self._new_lock()
+
+    def _new_lock(self) -> Any:
+        return self._module.FileLock(self._path, thread_local=False)
+
+    def acquire(self, shared: bool, deadline: float | None) -> bool:
+        if deadline is None:
+            timeout = -1.0
+        else:
+            timeout = max(0.0, deadline - time.monotonic())
+        try:
+            self._lock.acquire(timeout=timeout, poll_interval=POLL_INTERVAL)
+        except self._module.Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        probe = self._new_lock()
+        try:
+            probe.acquire(timeout=0)
+        except self._module.Timeout:
+            return True
+        probe.release()
+        return False
+
+    def token(self, shared: bool, since: float) -> int:
+        return _record.next_token(self._fd, self._path, since)
+
+    def publish(self, since: float, details: dict[str, Any]) -> None:
+        _record.publish(self._fd, self._path, since, details)
+
+    def forget(self) -> None:
+        # filelock resets its own instances in a forked child; a fresh one
+        # is needed there all the same.
+        self._lock = self._new_lock()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

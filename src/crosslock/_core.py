@@ -1,0 +1,235 @@
+"""One process's state for one lock target, shared by every Lock object on it.
+
+A :class:`Core` owns everything that is the same whatever the backend: which
+threads (or asyncio tasks) hold the lock and how often, shared holds, waiting
+threads of this process, and the process-wide registry that makes all Lock
+objects of one target one lock. The backend is asked for the lock only when
+the process goes from holding nothing to holding it, and told when it holds
+nothing again.
+
+Threads of one process wait for each other on a condition variable (woken by
+the release); the first waiter asks the backend, which waits in the kernel or
+the server. After ``fork()`` the child starts with every core free and its
+backends' inherited resources dropped without releasing the parent's holds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Hashable
+from typing import Any
+
+from ._backends._base import Backend, Target
+from ._errors import LockError, NotHeldError
+
+__all__ = ["TRY", "Core", "get_core"]
+
+#: A deadline that is always past: try once, never wait.
+TRY = float("-inf")
+
+_FREE, _SHARED, _EXCLUSIVE = 0, 1, 2
+
+
+class Core:
+    """The per-process state of one lock target."""
+
+    __slots__ = (
+        "__weakref__",
+        "_backend",
+        "_cond",
+        "_depth",
+        "_mode",
+        "_owner",
+        "_readers",
+        "_since",
+        "_token",
+        "_busy",
+        "_waiting",
+        "target",
+    )
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._backend: Backend = target.open()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._mode = _FREE
+        self._owner: object = None
+        self._depth = 0
+        self._readers: dict[object, int] = {}
+        self._busy = False
+        self._waiting = 0
+        self._since = 0.0
+        self._token: int | None = None
+
+    # -- acquire -------------------------------------------------------------
+
+    def acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
+        """Take the lock for ``owner``; ``deadline`` as in :meth:`Backend.acquire`."""
+        with self._cond:
+            if self._owner == owner:
+                self._depth += 1
+                return True
+            if self._readers:
+                n = self._readers.get(owner)
+                if n is not None:
+                    if not shared:
+                        raise LockError(
+                            f"cannot take lock {self.target.display!r} exclusively while this "
+                            "thread holds it shared; release the shared hold first"
+                        )
+                    self._readers[owner] = n + 1
+                    return True
+            while self._busy or self._mode != _FREE:
+                if shared and self._mode == _SHARED and not self._busy:
+                    self._readers[owner] = 1
+                    return True
+                if not self._wait(deadline):
+                    return False
+            # The process holds nothing: one quick try, still under the mutex.
+            if self._backend.acquire(shared, TRY):
+                self._grant(owner, shared)
+                return True
+            if deadline is not None and deadline <= time.monotonic():
+                return False
+            self._busy = True
+        granted = False
+        try:
+            granted = self._backend.acquire(shared, deadline)
+        finally:
+            with self._cond:
+                self._busy = False
+                if granted:
+                    self._grant(owner, shared)
+                if self._waiting:
+                    self._cond.notify_all()
+        return granted
+
+    def _wait(self, deadline: float | None) -> bool:
+        if deadline is None:
+            remaining = None
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+        self._waiting += 1
+        try:
+            self._cond.wait(remaining)
+        finally:
+            self._waiting -= 1
+        return True
+
+    def _grant(self, owner: object, shared: bool) -> None:
+        if shared:
+            self._mode = _SHARED
+            self._readers[owner] = 1
+        else:
+            self._mode = _EXCLUSIVE
+            self._owner = owner
+            self._depth = 1
+        self._since = time.time()
+        self._token = None
+        _held.add(self)
+
+    # -- release -------------------------------------------------------------
+
+    def release(self, owner: object) -> None:
+        with self._cond:
+            if self._mode == _EXCLUSIVE and self._owner == owner:
+                self._depth -= 1
+                if self._depth:
+                    return
+                self._owner = None
+            else:
+                n = self._readers.get(owner)
+                if n is None:
+                    raise NotHeldError(self._not_held_message())
+                if n > 1:
+                    self._readers[owner] = n - 1
+                    return
+                del self._readers[owner]
+                if self._readers:
+                    return
+            self._mode = _FREE
+            self._token = None
+            _held.discard(self)
+            try:
+                self._backend.release()
+            finally:
+                if self._waiting:
+                    self._cond.notify_all()
+
+    def _not_held_message(self) -> str:
+        name = self.target.display
+        if self._mode == _FREE:
+            return f"cannot release un-acquired lock {name!r}"
+        return f"cannot release lock {name!r}: it is held by another thread or task, not this one"
+
+    # -- queries -------------------------------------------------------------
+
+    def held_by(self, owner: object) -> bool:
+        if self._owner == owner or owner in self._readers:
+            return not self._backend.lost()
+        return False
+
+    def held_by_any(self, owners: tuple[object, ...]) -> bool:
+        return any(self.held_by(o) for o in owners)
+
+    def locked(self) -> bool:
+        if self._mode != _FREE:
+            return True
+        return self._backend.locked()
+
+    def token(self, owner: object) -> int | None:
+        with self._cond:
+            if not (self._owner == owner or owner in self._readers):
+                return None
+            if self._token is None:
+                self._token = self._backend.token(self._mode == _SHARED, self._since)
+            return self._token
+
+    def publish(self, details: dict[str, Any]) -> None:
+        with self._cond:
+            if self._mode != _FREE:
+                self._backend.publish(self._since, details)
+
+    def _after_fork_in_child(self) -> None:
+        self._reset()
+        self._backend.forget()
+
+
+# -- the process-wide registry ------------------------------------------------
+
+_registry: weakref.WeakValueDictionary[Hashable, Core] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+#: Cores held by this process: kept alive even if every Lock object is gone.
+_held: set[Core] = set()
+
+
+def get_core(target: Target) -> Core:
+    """Return this process's core for ``target``, creating it on first use."""
+    key = target.key
+    with _registry_lock:
+        core = _registry.get(key)
+        if core is None:
+            core = Core(target)
+            _registry[key] = core
+            weakref.finalize(core, core._backend.close)
+        return core
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _held.clear()
+    for core in list(_registry.values()):
+        core._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

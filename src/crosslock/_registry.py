@@ -1,0 +1,75 @@
+"""Backend selection: a name or URL scheme maps to a lazily imported module.
+
+Nothing optional is imported by ``import crosslock``; a backend's module is
+imported the first time a Lock asks for it, and a missing optional package
+becomes :class:`~crosslock.BackendUnavailable` with the install command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from ._backends._base import Target
+from ._errors import BackendUnavailable
+
+__all__ = ["BACKENDS", "make_target"]
+
+#: backend name -> (module, Target class)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "file": ("crosslock._backends._file", "FileTarget"),
+    "filelock": ("crosslock._backends._filelock", "FilelockTarget"),
+    "multiprocessing": ("crosslock._backends._mp", "MPTarget"),
+}
+
+#: URL scheme -> (module, Target class, extra)
+SCHEMES: dict[str, tuple[str, str, str]] = {
+    "redis": ("crosslock._backends._redis", "RedisTarget", "redis"),
+    "rediss": ("crosslock._backends._redis", "RedisTarget", "redis"),
+    "postgresql": ("crosslock._backends._postgres", "PostgresTarget", "postgres"),
+    "postgres": ("crosslock._backends._postgres", "PostgresTarget", "postgres"),
+}
+
+_CHOICES = "'file', 'filelock', 'multiprocessing', or a redis:// or postgresql:// URL"
+
+
+def backend_spec(backend: object) -> str:
+    """The backend asked for: the argument, else ``$CROSSLOCK_BACKEND``, else ``"file"``."""
+    if backend is None:
+        backend = os.environ.get("CROSSLOCK_BACKEND") or "file"
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str (a name or URL), got {backend!r}")
+    return backend
+
+
+def target_class(spec: str) -> type[Target]:
+    """Import and return the Target class for a backend name or URL."""
+    if "://" in spec:
+        scheme = spec.split("://", 1)[0].lower()
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown lock backend URL scheme {scheme!r} in {spec!r}; use {_CHOICES}")
+        module, cls, extra = SCHEMES[scheme]
+    elif spec in BACKENDS:
+        module, cls = BACKENDS[spec]
+        extra = spec
+    else:
+        raise ValueError(f"unknown lock backend {spec!r}; use {_CHOICES}")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise BackendUnavailable(
+                f"the {extra} backend is not part of this version of crosslock; "
+                "use backend='file' (or 'filelock', 'multiprocessing') for now"
+            ) from None
+        raise
+    found: type[Target] = getattr(mod, cls)
+    return found
+
+
+def make_target(name: object, backend: object, options: dict[str, Any]) -> Target:
+    """Resolve ``Lock(name, backend=..., **options)`` into a Target."""
+    spec = backend_spec(backend)
+    cls = target_class(spec)
+    return cls.create(name, spec, options)
