@@ -1,0 +1,199 @@
+"""The ``crosslock`` command: run a command under a lock, show lock status, demo."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__, _record
+from ._errors import LockError
+from ._lock import Lock, check_timeout
+from ._paths import LOCK_SUFFIX, default_dir, lock_path
+
+EX_TEMPFAIL = 75
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crosslock",
+        description="Serialize processes with one lock, whatever the lock underneath.",
+    )
+    parser.add_argument("--version", action="version", version=f"crosslock {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run a command while holding a lock",
+        description="Run COMMAND while holding the lock NAME (a bare name in the default lock "
+        "directory, or a path). Exits with the command's status, or 75 when the timeout passes.",
+        usage="crosslock run [--timeout S] [--shared] [--backend B] NAME -- COMMAND [ARG...]",
+    )
+    run.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="give up after S seconds (exit 75); default: wait forever")
+    run.add_argument("--shared", action="store_true", help="take a shared (read) lock")
+    run.add_argument("--backend", default=None, metavar="B",
+                     help="backend name or URL (default: file, or $CROSSLOCK_BACKEND)")
+    run.add_argument("name", metavar="NAME", help="lock name or lock file path")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments")
+
+    status = sub.add_parser(
+        "status",
+        help="show which locks are held, by whom and since when",
+        description="Show the locks in the default lock directory (or the named ones): "
+        "held or free, and the holder's pid, host and since when.",
+    )
+    status.add_argument("names", nargs="*", metavar="NAME", help="lock names or paths")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sub.add_parser(
+        "demo",
+        help="three processes print without a lock (interleaved) and with one (serialized)",
+        description="The seed experiment: three processes print start/end lines without a lock "
+        "and with one, side by side.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "status":
+            return _status(args)
+        from ._demo import run_demo
+
+        return run_demo()
+    except (LockError, OSError, ValueError, TypeError) as exc:
+        print(f"crosslock: error: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- run ---------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("crosslock run: error: no command given; usage: crosslock run NAME -- COMMAND [ARG...]",
+              file=sys.stderr)
+        return 2
+    check_timeout(args.timeout)
+    lock = Lock(args.name, backend=args.backend, timeout=args.timeout, shared=args.shared)
+    if not lock.acquire():
+        print(f"crosslock: timed out after {args.timeout:g} s waiting for lock {lock.name!r}",
+              file=sys.stderr)
+        return EX_TEMPFAIL
+    try:
+        lock._publish(command=" ".join(cmd)[:120])
+        try:
+            proc = subprocess.Popen(cmd)
+        except FileNotFoundError:
+            print(f"crosslock: command not found: {cmd[0]}", file=sys.stderr)
+            return 127
+        except PermissionError:
+            print(f"crosslock: permission denied: {cmd[0]}", file=sys.stderr)
+            return 126
+        forward = _forward_signals(proc)
+        try:
+            while True:
+                try:
+                    code = proc.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue  # the child got the same Ctrl-C; wait for it to finish
+        finally:
+            for signum, previous in forward.items():
+                signal.signal(signum, previous)
+    finally:
+        lock.release()
+    return code if code >= 0 else 128 - code
+
+
+def _forward_signals(proc: subprocess.Popen[bytes]) -> dict[int, Any]:
+    previous: dict[int, Any] = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        previous[signum] = signal.signal(signum, lambda s, _f: proc.send_signal(s))
+    return previous
+
+
+# -- status ------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.names:
+        paths = [lock_path(n) for n in args.names]
+    else:
+        folder = default_dir()
+        paths = sorted(glob.glob(os.path.join(glob.escape(folder), "*" + LOCK_SUFFIX)))
+    rows = [_describe(p, named=bool(args.names)) for p in paths]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no locks in {default_dir()}")
+        return 0
+    header = ("NAME", "STATE", "PID", "HOST", "SINCE")
+    table = [header] + [
+        (r["name"], r["state"], ",".join(map(str, r["pids"])) or "-", r["host"] or "-", _since(r["since"]))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _describe(path: str, named: bool) -> dict[str, Any]:
+    from ._backends import _file
+
+    os_mod = _file._os
+    folder = default_dir()
+    name = path
+    if os.path.dirname(path) == folder and path.endswith(LOCK_SUFFIX):
+        name = os.path.basename(path)[: -len(LOCK_SUFFIX)]
+    row: dict[str, Any] = {"name": name, "path": path, "state": "free", "pids": [], "host": None,
+                           "since": None, "token": None}
+    if not os.path.lexists(path):
+        row["state"] = "missing"
+        return row
+    state = os_mod.probe(path)
+    if state is None:
+        return row
+    row["state"] = "held" if state == "exclusive" else "held (shared)"
+    rec = _record.peek(path)
+    pids = os_mod.holder_pids(path)
+    if pids:
+        row["pids"] = pids
+        if rec.get("pid") in pids:
+            row.update(host=rec.get("host"), since=rec.get("since"), token=rec.get("token"),
+                       command=rec.get("command"))
+        else:
+            row["host"] = _record.host()
+    elif rec.get("pid"):
+        row.update(pids=[rec["pid"]], host=rec.get("host"), since=rec.get("since"), token=rec.get("token"))
+    return row
+
+
+def _since(since: Any) -> str:
+    if not isinstance(since, (int, float)):
+        return "-"
+    when = datetime.datetime.fromtimestamp(since).astimezone()
+    ago = max(0, int(time.time() - since))
+    return f"{when:%Y-%m-%d %H:%M:%S} ({ago}s ago)"
