@@ -26,6 +26,20 @@ SIZE = 512
 _HOST = socket.gethostname()
 
 
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows: the descriptor's offset is ours alone
+    return os.read(fd, size)
+
+
+def _pwrite(fd: int, data: bytes, offset: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.write(fd, data)
+
+
 def host() -> str:
     return _HOST
 
@@ -36,7 +50,7 @@ def read(fd: int, path: str) -> dict[str, Any]:
     Raises:
         LockError: the file holds data that crosslock did not write.
     """
-    data = os.pread(fd, SIZE, 0)
+    data = _pread(fd, SIZE, 0)
     if not data.strip(b"\0 \n"):
         return {}
     if not data.startswith(MAGIC):
@@ -71,7 +85,7 @@ def write(fd: int, rec: dict[str, Any]) -> None:
     if len(body) > SIZE - 1:
         rec = {k: (v[:64] if isinstance(v, str) else v) for k, v in rec.items()}
         body = json.dumps({"crosslock": 1, **rec}, separators=(",", ":")).encode()[: SIZE - 1]
-    os.pwrite(fd, body.ljust(SIZE - 1) + b"\n", 0)
+    _pwrite(fd, body.ljust(SIZE - 1) + b"\n", 0)
 
 
 def next_token(fd: int, path: str, since: float) -> int:

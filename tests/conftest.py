@@ -1,0 +1,105 @@
+"""Shared fixtures: a private lock directory per test, backends, process helpers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import crosslock
+
+#: Every local backend; the conformance suite runs on each.
+BACKENDS = ["file", "filelock", "multiprocessing"]
+#: Start methods for multi-process tests.
+START_METHODS = ["fork", "spawn"]
+
+#: Generous bound for a handshake between processes (never a sleep).
+WAIT = 30.0
+
+
+@pytest.fixture(autouse=True)
+def lock_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the default lock directory at a fresh folder for each test."""
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    monkeypatch.setenv("CROSSLOCK_DIR", str(folder))
+    monkeypatch.delenv("CROSSLOCK_BACKEND", raising=False)
+    return str(folder)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def make_lock(backend: str, request: pytest.FixtureRequest) -> Callable[..., crosslock.Lock]:
+    """Build a Lock of the parametrized backend; names are unique per test.
+
+    (Named multiprocessing locks live as long as the process, so a name
+    must not be reused by a later test in the same worker.)
+    """
+    counter = [0]
+    prefix = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)
+
+    def make(name: str | None = None, **kwargs: Any) -> crosslock.Lock:
+        if name is None:
+            counter[0] += 1
+            name = str(counter[0])
+        return crosslock.Lock(f"{prefix}-{name}", backend=backend, **kwargs)
+
+    return make
+
+
+@pytest.fixture(params=START_METHODS)
+def mp_context(request: pytest.FixtureRequest) -> Any:
+    return multiprocessing.get_context(request.param)
+
+
+class Procs:
+    """Start processes and reap every one of them, killing stragglers."""
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+
+    def start(self, ctx: Any, target: Callable[..., Any], *args: Any) -> Any:
+        proc = ctx.Process(target=target, args=args, daemon=True)
+        proc.start()
+        self.procs.append(proc)
+        return proc
+
+    def join_all(self, timeout: float = WAIT) -> list[int | None]:
+        codes = []
+        for proc in self.procs:
+            proc.join(timeout)
+            codes.append(proc.exitcode)
+        return codes
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    helper = Procs()
+    try:
+        yield helper
+    finally:
+        helper.cleanup()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Fork from a threaded test process warns on Python 3.12+; our fork tests
+    # fork on purpose and reap their children.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+    )
+    os.environ.setdefault("PYTHONHASHSEED", "0")
