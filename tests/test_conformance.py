@@ -42,10 +42,12 @@ def test_acquire_release_held_locked_token(make_lock: MakeLock) -> None:
 
 def test_tokens_increase_across_holds(make_lock: MakeLock) -> None:
     lock = make_lock()
-    tokens = []
+    tokens: list[int] = []
     for _ in range(3):
         with lock:
-            tokens.append(lock.token)
+            token = lock.token
+            assert token is not None
+            tokens.append(token)
     assert tokens == sorted(tokens)
     assert len(set(tokens)) == 3
 
@@ -232,11 +234,10 @@ def test_async_reentrant_per_task_and_decorator(make_lock: MakeLock) -> None:
         return 7
 
     async def main() -> int:
-        async with lock:
-            async with lock:  # the same task may enter again
-                token = lock.token
-                assert token is not None
-                return await inner()
+        async with lock, lock:  # the same task may enter again
+            token = lock.token
+            assert token is not None
+            return await inner()
 
     assert asyncio.run(main()) == 7
     assert not lock.locked()
@@ -314,7 +315,8 @@ def test_other_process_is_excluded_and_woken(make_lock: MakeLock, mp_context: An
     release.set()
     assert lock.acquire(timeout=WAIT)  # woken by the release
     holder_token = result.get(timeout=WAIT)
-    assert lock.token is not None and lock.token > holder_token
+    assert lock.token is not None
+    assert lock.token > holder_token
     lock.release()
     assert procs.join_all() == [0]
 
@@ -328,7 +330,8 @@ def test_pickled_lock_in_child_is_not_held(make_lock: MakeLock, mp_context: Any,
     assert isinstance(token, int)
     assert procs.join_all() == [0]
     with lock:  # tokens keep increasing across processes
-        assert lock.token is not None and lock.token > token
+        assert lock.token is not None
+        assert lock.token > token
 
 
 def test_child_forked_while_held_holds_nothing(make_lock: MakeLock, procs: Procs) -> None:
@@ -346,8 +349,9 @@ def test_child_forked_while_held_holds_nothing(make_lock: MakeLock, procs: Procs
     assert procs.join_all() == [0, 0]
 
 
-def test_many_processes_count_exactly(make_lock: MakeLock, mp_context: Any, procs: Procs,
-                                      tmp_path: Any) -> None:
+def test_many_processes_count_exactly(
+    make_lock: MakeLock, mp_context: Any, procs: Procs, tmp_path: Any
+) -> None:
     lock = make_lock()
     counter = tmp_path / "counter"
     counter.write_text("0")

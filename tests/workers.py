@@ -53,8 +53,7 @@ def try_release(lock: crosslock.Lock, result: Any) -> None:
     result.put("released")
 
 
-def count_under_lock(lock: crosslock.Lock, counter_path: str, marker: str, holds: int,
-                     start: Any) -> None:
+def count_under_lock(lock: crosslock.Lock, counter_path: str, marker: str, holds: int, start: Any) -> None:
     """Increment a file counter ``holds`` times under the lock; fail on overlap."""
     start.wait(30)
     for _ in range(holds):
@@ -98,3 +97,82 @@ def print_lines(tag: str, lines: int, width: int, barrier: Any) -> None:
     for i in range(lines):
         crosslock.print(f"{tag}{i:05d}" + tag * width)
     sys.stdout.flush()
+
+
+def print_long_lines_to(target: str, how: str, tag: str, lines: int, width: int, barrier: Any) -> None:
+    """Print ``lines`` lines of ``tag * width`` to ``target``, one crosslock.print call each.
+
+    ``how="file"``: open ``target`` in append mode and pass it as ``file=``.
+    ``how="stdout"``: point fd 1 and ``sys.stdout`` at ``target`` and print with
+    ``file=None``. The target is opened before the barrier, the printing starts
+    after it.
+    """
+    saved = sys.stdout
+    if how == "file":
+        stream = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    else:
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.close(fd)
+        stream = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - closed below
+        sys.stdout = stream
+    try:
+        barrier.wait(30)
+        line = tag * width
+        for _ in range(lines):
+            if how == "file":
+                crosslock.print(line, file=stream)
+            else:
+                crosslock.print(line)
+        stream.flush()
+    finally:
+        sys.stdout = saved
+        stream.close()
+
+
+def hold_open(path: str, mode: str, acquired: Any, release: Any) -> None:
+    """Hold ``crosslock.open(path, mode)``, signal ``acquired``, wait for ``release``."""
+    with crosslock.open(path, mode, timeout=30):
+        acquired.set()
+        release.wait(30)
+
+
+def hold_with_marker(path: str, marker: str, acquired: Any, release: Any) -> None:
+    """Hold the lock at ``path`` with an occupancy marker present."""
+    lock = crosslock.Lock(path)
+    assert lock.acquire(timeout=30)
+    with open(marker, "x"):
+        pass
+    acquired.set()
+    release.wait(30)
+    os.unlink(marker)
+    lock.release()
+
+
+def acquire_checking_marker(path: str, marker: str, opened: Any, result: Any) -> None:
+    """Open the lock file, say so, block until acquired; report whether anyone overlapped."""
+    lock = crosslock.Lock(path)  # opens the file now
+    opened.set()
+    got = lock.acquire()
+    overlap = os.path.exists(marker)
+    lock.release()
+    result.put((got, overlap))
+
+
+def pool_init(lock: crosslock.Lock) -> None:
+    global _pool_lock
+    _pool_lock = lock
+
+
+_pool_lock: crosslock.Lock | None = None
+
+
+def pool_task(x: int) -> int:
+    assert _pool_lock is not None
+    with _pool_lock:
+        return x * 2
+
+
+def use_lock(lock: crosslock.Lock) -> int:
+    with lock:
+        return 1

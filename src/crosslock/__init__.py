@@ -19,7 +19,7 @@ from ._errors import (
     Timeout,
 )
 from ._lock import Lock
-from ._output import open, print, synchronized
+from ._output import open, print, synchronized  # noqa: A004 - crosslock.open/print on purpose
 
 __all__ = [
     "AbandonedLockError",

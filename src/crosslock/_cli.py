@@ -39,11 +39,20 @@ def _parser() -> argparse.ArgumentParser:
         "directory, or a path). Exits with the command's status, or 75 when the timeout passes.",
         usage="crosslock run [--timeout S] [--shared] [--backend B] NAME -- COMMAND [ARG...]",
     )
-    run.add_argument("--timeout", type=float, default=None, metavar="S",
-                     help="give up after S seconds (exit 75); default: wait forever")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up after S seconds (exit 75); default: wait forever",
+    )
     run.add_argument("--shared", action="store_true", help="take a shared (read) lock")
-    run.add_argument("--backend", default=None, metavar="B",
-                     help="backend name or URL (default: file, or $CROSSLOCK_BACKEND)")
+    run.add_argument(
+        "--backend",
+        default=None,
+        metavar="B",
+        help="backend name or URL (default: file, or $CROSSLOCK_BACKEND)",
+    )
     run.add_argument("name", metavar="NAME", help="lock name or lock file path")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments")
 
@@ -88,14 +97,17 @@ def _run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        print("crosslock run: error: no command given; usage: crosslock run NAME -- COMMAND [ARG...]",
-              file=sys.stderr)
+        print(
+            "crosslock run: error: no command given; usage: crosslock run NAME -- COMMAND [ARG...]",
+            file=sys.stderr,
+        )
         return 2
     check_timeout(args.timeout)
     lock = Lock(args.name, backend=args.backend, timeout=args.timeout, shared=args.shared)
     if not lock.acquire():
-        print(f"crosslock: timed out after {args.timeout:g} s waiting for lock {lock.name!r}",
-              file=sys.stderr)
+        print(
+            f"crosslock: timed out after {args.timeout:g} s waiting for lock {lock.name!r}", file=sys.stderr
+        )
         return EX_TEMPFAIL
     try:
         lock._publish(command=" ".join(cmd)[:120])
@@ -156,20 +168,26 @@ def _status(args: argparse.Namespace) -> int:
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
     return 0
 
 
 def _describe(path: str, named: bool) -> dict[str, Any]:
-    from ._backends import _file
+    from ._backends._native import native as os_mod
 
-    os_mod = _file._os
     folder = default_dir()
     name = path
     if os.path.dirname(path) == folder and path.endswith(LOCK_SUFFIX):
         name = os.path.basename(path)[: -len(LOCK_SUFFIX)]
-    row: dict[str, Any] = {"name": name, "path": path, "state": "free", "pids": [], "host": None,
-                           "since": None, "token": None}
+    row: dict[str, Any] = {
+        "name": name,
+        "path": path,
+        "state": "free",
+        "pids": [],
+        "host": None,
+        "since": None,
+        "token": None,
+    }
     if not os.path.lexists(path):
         row["state"] = "missing"
         return row
@@ -182,8 +200,12 @@ def _describe(path: str, named: bool) -> dict[str, Any]:
     if pids:
         row["pids"] = pids
         if rec.get("pid") in pids:
-            row.update(host=rec.get("host"), since=rec.get("since"), token=rec.get("token"),
-                       command=rec.get("command"))
+            row.update(
+                host=rec.get("host"),
+                since=rec.get("since"),
+                token=rec.get("token"),
+                command=rec.get("command"),
+            )
         else:
             row["host"] = _record.host()
     elif rec.get("pid"):

@@ -39,6 +39,7 @@ class Core:
     __slots__ = (
         "__weakref__",
         "_backend",
+        "_busy",
         "_cond",
         "_depth",
         "_mode",
@@ -46,7 +47,6 @@ class Core:
         "_readers",
         "_since",
         "_token",
-        "_busy",
         "_waiting",
         "target",
     )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from typing import TextIO
 
 __all__ = ["run_demo", "run_experiment"]
 
@@ -55,13 +56,13 @@ def run_experiment(lock_path: str | None, workers: int = 3, seconds: float = WOR
 
 def serialized(lines: list[str]) -> bool:
     """Whether each worker's start line is followed at once by its end line."""
-    pairs = zip(lines[::2], lines[1::2])
+    pairs = zip(lines[::2], lines[1::2], strict=False)
     return len(lines) % 2 == 0 and all(
         a.endswith(" start") and b == a[: -len("start")] + "end" for a, b in pairs
     )
 
 
-def run_demo(out: object = None) -> int:
+def run_demo(out: TextIO | None = None) -> int:
     stream = out if out is not None else sys.stdout
     with tempfile.TemporaryDirectory(prefix="crosslock-demo-") as folder:
         lock_path = os.path.join(folder, "demo.lock")
@@ -76,10 +77,10 @@ def run_demo(out: object = None) -> int:
         f"  {left_title:<{width}}{right_title}",
         f"  {'-' * len(left_title):<{width}}{'-' * len(right_title)}",
     ]
-    for left, right in zip(without, with_lock):
+    for left, right in zip(without, with_lock, strict=False):
         lines.append(f"  {left:<{width}}{right}")
     verdict_left = "serialized (by luck)" if serialized(without) else "interleaved"
     verdict_right = "serialized" if serialized(with_lock) else "INTERLEAVED (lock failed!)"
     lines += ["", f"  {'=> ' + verdict_left:<{width}}=> {verdict_right}"]
-    print("\n".join(lines), file=stream)  # type: ignore[call-overload]
+    print("\n".join(lines), file=stream)
     return 0 if serialized(with_lock) else 1

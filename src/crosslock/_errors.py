@@ -23,7 +23,7 @@ class LockError(Exception):
     """Base class of every error crosslock raises."""
 
 
-class Timeout(LockError, TimeoutError):  # noqa: A001 - the name is part of the contract
+class Timeout(LockError, TimeoutError):
     """The lock was not acquired before the timeout passed.
 
     Raised by ``with lock:``, ``async with lock:`` and functions decorated with

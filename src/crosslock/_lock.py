@@ -204,10 +204,7 @@ class Lock:
             AbandonedLockError: the holder died and the backend cannot free
                 the lock (``multiprocessing``).
         """
-        if timeout is _UNSET:
-            wait = self._timeout
-        else:
-            wait = check_timeout(timeout, minus_one=True)
+        wait = self._timeout if timeout is _UNSET else check_timeout(timeout, minus_one=True)
         if not blocking:
             if timeout is not _UNSET and timeout != -1:
                 raise ValueError("can't specify a timeout for a non-blocking call")

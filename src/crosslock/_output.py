@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar, overload
 
@@ -169,22 +170,26 @@ def _flags(mode: str) -> tuple[int, bool]:
     return flags, mode.replace("b", "").replace("t", "") == "r"
 
 
-@contextlib.contextmanager
 def open(  # noqa: A001 - mirrors the built-in on purpose
     file: str | os.PathLike[str],
     mode: str = "r",
     *,
     timeout: float | None = None,
     **open_kwargs: Any,
-) -> Iterator[IO[Any]]:
+) -> contextlib.AbstractContextManager[IO[Any]]:
     """Open ``file`` while holding a lock on that file itself.
 
     A shared lock for read-only modes (``"r"``, ``"rb"``), an exclusive one
     otherwise. ``"w"`` truncates only once the lock is held, and data is
     flushed before the lock is released. Other keyword arguments go to
-    :func:`open` (``encoding=``, ``newline=``, ...).
+    :func:`open` (``encoding=``, ``newline=``, ...). Use it in a ``with``
+    statement::
+
+        with crosslock.open("counter.txt", "r+") as f:
+            ...
 
     Raises:
+        ValueError, TypeError: a bad mode, timeout or path (at once).
         Timeout: the lock was not acquired within ``timeout`` seconds.
         FileNotFoundError, PermissionError, IsADirectoryError: as :func:`open`.
     """
@@ -193,7 +198,13 @@ def open(  # noqa: A001 - mirrors the built-in on purpose
     path = os.fspath(file)
     if not isinstance(path, str):
         raise TypeError(f"file must be a text path, got {file!r}")
+    return _locked_open(path, mode, flags, read_only, wait, open_kwargs)
 
+
+@contextlib.contextmanager
+def _locked_open(
+    path: str, mode: str, flags: int, read_only: bool, wait: float | None, open_kwargs: dict[str, Any]
+) -> Iterator[IO[Any]]:
     def opener(p: str) -> int:
         return os.open(p, flags, 0o666)
 
@@ -204,15 +215,13 @@ def open(  # noqa: A001 - mirrors the built-in on purpose
         elif wait == 0:
             deadline = TRY
         else:
-            import time
-
             deadline = time.monotonic() + wait
         if not backend.acquire(read_only, deadline):
             raise Timeout(f"timed out after {wait:g} s waiting to lock file {path!r}")
         try:
             if "w" in mode:
                 os.ftruncate(backend.fd, 0)
-            stream = builtins.open(
+            stream = builtins.open(  # noqa: SIM115 - closed below, before the release
                 backend.fd, mode.replace("x", "w"), closefd=False, **open_kwargs
             )
             try:

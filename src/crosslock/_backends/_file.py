@@ -20,8 +20,8 @@ again on the file now at the path, so all waiters converge on one file.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -31,11 +31,7 @@ from .. import _record
 from .._errors import LockError, LockLost
 from .._paths import lock_path
 from ._base import Backend, Target, no_options
-
-if sys.platform == "win32":  # the one place the platform is chosen
-    from . import _windows as _os
-else:
-    from . import _posix as _os
+from ._native import native as _os
 
 __all__ = ["FileBackend", "FileTarget"]
 
@@ -99,14 +95,14 @@ class _Wait:
 class FileBackend(Backend):
     kind = "file"
 
-    def __init__(
-        self, path: str, opener: Callable[[str], int] | None = None, lock_file: bool = True
-    ) -> None:
+    def __init__(self, path: str, opener: Callable[[str], int] | None = None, lock_file: bool = True) -> None:
         """Open the lock file at ``path`` (or lock a data file, for ``crosslock.open``:
         then ``opener`` opens it and ``lock_file`` is false)."""
         self._path = path
         self._open = opener or _os.open_lock_file
         self._lock_file = lock_file
+        # A lock file is never followed through a symlink; a user's data file is.
+        self._stat = os.lstat if lock_file else os.stat
         self._fd = self._open(path)
         self._ident = _identity(self._fd, path, lock_file)
         self._cond = threading.Condition(threading.Lock())
@@ -193,7 +189,7 @@ class FileBackend(Backend):
 
     def _at_path(self) -> bool:
         try:
-            st = os.lstat(self._path)
+            st = self._stat(self._path)
         except FileNotFoundError:
             return False
         return (st.st_dev, st.st_ino) == self._ident
@@ -233,17 +229,13 @@ class FileBackend(Backend):
         self._cond = threading.Condition(threading.Lock())
         for fd in fds:
             if fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)  # the parent keeps its own descriptor and hold
-                except OSError:
-                    pass
 
     def close(self) -> None:
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = -1
 
     @property

@@ -10,7 +10,6 @@ holder details live in the lock file's record, as with the ``file`` backend.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Hashable
 from typing import Any
@@ -19,11 +18,7 @@ from .. import _record
 from .._errors import BackendUnavailable
 from .._paths import lock_path
 from ._base import Backend, Target, no_options
-
-if sys.platform == "win32":
-    from . import _windows as _os
-else:
-    from . import _posix as _os
+from ._native import native as _os
 
 __all__ = ["FilelockBackend", "FilelockTarget"]
 
@@ -83,10 +78,7 @@ class FilelockBackend(Backend):
         return self._module.FileLock(self._path, thread_local=False)
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
-        if deadline is None:
-            timeout = -1.0
-        else:
-            timeout = max(0.0, deadline - time.monotonic())
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             self._lock.acquire(timeout=timeout, poll_interval=POLL_INTERVAL)
         except self._module.Timeout:

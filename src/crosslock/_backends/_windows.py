@@ -38,12 +38,23 @@ class _Overlapped(ctypes.Structure):
 
 
 _LockFileEx = _kernel32.LockFileEx
-_LockFileEx.argtypes = [wintypes.HANDLE, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD,
-                        wintypes.DWORD, ctypes.POINTER(_Overlapped)]
+_LockFileEx.argtypes = [
+    wintypes.HANDLE,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    ctypes.POINTER(_Overlapped),
+]
 _LockFileEx.restype = wintypes.BOOL
 _UnlockFileEx = _kernel32.UnlockFileEx
-_UnlockFileEx.argtypes = [wintypes.HANDLE, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD,
-                          ctypes.POINTER(_Overlapped)]
+_UnlockFileEx.argtypes = [
+    wintypes.HANDLE,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    wintypes.DWORD,
+    ctypes.POINTER(_Overlapped),
+]
 _UnlockFileEx.restype = wintypes.BOOL
 
 
