@@ -81,6 +81,20 @@ def test_print_flushes_by_default(tmp_path: Path) -> None:
         assert path.read_text(encoding="utf-8") == "visible before close"
 
 
+def test_print_without_stdout_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdout", None)
+    crosslock.print("dropped")  # like print(): no stream, no output, no error
+
+
+def test_print_to_closed_file_is_value_error(tmp_path: Path) -> None:
+    f = open(tmp_path / "out.txt", "w")  # noqa: SIM115 - closed on purpose
+    f.close()
+    with pytest.raises(ValueError, match="closed"):
+        print("x", file=f)  # the built-in agrees
+    with pytest.raises(ValueError, match="closed"):
+        crosslock.print("x", file=f)
+
+
 @pytest.mark.parametrize("sep", [1, b" ", ["-"], 0.5])
 def test_print_non_str_sep_is_type_error(sep: Any) -> None:
     with pytest.raises(TypeError):
@@ -655,3 +669,22 @@ def test_open_timeout_never_truncates_then_lock_frees(tmp_path: Path) -> None:
     with crosslock.open(path, "w", timeout=WAIT) as f:
         f.write("done")
     assert path.read_text() == "done"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"mode": "z"}, ValueError),
+        ({"mode": "w", "timeout": -1}, ValueError),
+        ({"mode": "w", "timeout": "1"}, TypeError),
+    ],
+)
+def test_open_bad_arguments_fail_at_the_call(
+    tmp_path: Path, kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    """Bad input is reported by the call itself, before any ``with`` and without touching the file."""
+    path = tmp_path / "data.txt"
+    path.write_text("kept")
+    with pytest.raises(error):
+        crosslock.open(path, **kwargs)
+    assert path.read_text() == "kept"

@@ -109,40 +109,43 @@ def _run(args: argparse.Namespace) -> int:
             f"crosslock: timed out after {args.timeout:g} s waiting for lock {lock.name!r}", file=sys.stderr
         )
         return EX_TEMPFAIL
+    procs: list[subprocess.Popen[bytes]] = []
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if procs:
+            procs[0].send_signal(signum)
+        else:
+            pending.append(signum)  # the command is not started yet: pass it on once it is
+
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     try:
         lock._publish(command=" ".join(cmd)[:120])
         try:
-            proc = subprocess.Popen(cmd)
+            procs.append(subprocess.Popen(cmd))
         except FileNotFoundError:
             print(f"crosslock: command not found: {cmd[0]}", file=sys.stderr)
             return 127
         except PermissionError:
             print(f"crosslock: permission denied: {cmd[0]}", file=sys.stderr)
             return 126
-        forward = _forward_signals(proc)
-        try:
-            while True:
-                try:
-                    code = proc.wait()
-                    break
-                except KeyboardInterrupt:
-                    continue  # the child got the same Ctrl-C; wait for it to finish
-        finally:
-            for signum, previous in forward.items():
-                signal.signal(signum, previous)
+        for signum in pending:
+            procs[0].send_signal(signum)
+        while True:
+            try:
+                code = procs[0].wait()
+                break
+            except KeyboardInterrupt:
+                continue  # the command got the same Ctrl-C; wait for it to finish
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         lock.release()
     return code if code >= 0 else 128 - code
 
 
-def _forward_signals(proc: subprocess.Popen[bytes]) -> dict[int, Any]:
-    previous: dict[int, Any] = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        signum = getattr(signal, name, None)
-        if signum is None:
-            continue
-        previous[signum] = signal.signal(signum, lambda s, _f: proc.send_signal(s))
-    return previous
+#: Signals passed on to the command (Ctrl-C reaches it from the terminal).
+_FORWARDED = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s]
 
 
 # -- status ------------------------------------------------------------------------
@@ -191,12 +194,14 @@ def _describe(path: str, named: bool) -> dict[str, Any]:
     if not os.path.lexists(path):
         row["state"] = "missing"
         return row
-    state = os_mod.probe(path)
+    pids = os_mod.holder_pids(path)
+    # The kernel's lock table, where it has one, answers without touching the
+    # lock; otherwise (or for holders it cannot see, e.g. on NFS) probe it.
+    state = _state_from_table(path) if pids else os_mod.probe(path)
     if state is None:
         return row
     row["state"] = "held" if state == "exclusive" else "held (shared)"
     rec = _record.peek(path)
-    pids = os_mod.holder_pids(path)
     if pids:
         row["pids"] = pids
         if rec.get("pid") in pids:
@@ -211,6 +216,12 @@ def _describe(path: str, named: bool) -> dict[str, Any]:
     elif rec.get("pid"):
         row.update(pids=[rec["pid"]], host=rec.get("host"), since=rec.get("since"), token=rec.get("token"))
     return row
+
+
+def _state_from_table(path: str) -> str:
+    from ._backends._native import native
+
+    return "exclusive" if native.holder_kinds(path) & {"WRITE"} else "shared"
 
 
 def _since(since: Any) -> str:

@@ -135,8 +135,9 @@ def probe(path: str) -> str | None:
         os.close(fd)  # drops any probe lock with the descriptor
 
 
-def holder_pids(path: str) -> list[int]:
-    """Pids holding a ``flock`` on the file at ``path``, from ``/proc/locks`` (Linux)."""
+def _flock_entries(path: str) -> list[tuple[int, str]]:
+    """(pid, READ|WRITE) of each ``flock`` hold on the file at ``path``, from
+    ``/proc/locks`` (Linux; empty elsewhere)."""
     try:
         st = os.stat(path, follow_symlinks=False)
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
@@ -144,14 +145,24 @@ def holder_pids(path: str) -> list[int]:
     except OSError:
         return []
     want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    pids = []
+    entries = []
     for line in lines:
         parts = line.split()
         if "->" in parts:  # a blocked request, not a hold
             continue
         if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want:
             try:
-                pids.append(int(parts[4]))
+                entries.append((int(parts[4]), parts[3]))
             except ValueError:
                 continue
-    return pids
+    return entries
+
+
+def holder_pids(path: str) -> list[int]:
+    """Pids holding a ``flock`` on the file at ``path`` (Linux; empty elsewhere)."""
+    return [pid for pid, _ in _flock_entries(path)]
+
+
+def holder_kinds(path: str) -> set[str]:
+    """``{"READ"}``, ``{"WRITE"}`` or both, for the holds on the file at ``path``."""
+    return {kind for _, kind in _flock_entries(path)}

@@ -150,3 +150,7 @@ def probe(path: str) -> str | None:
 
 def holder_pids(path: str) -> list[int]:
     return []  # Windows does not say who holds a byte-range lock
+
+
+def holder_kinds(path: str) -> set[str]:
+    return set()
