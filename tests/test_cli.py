@@ -556,3 +556,14 @@ def test_demo(lock_dir: str) -> None:
     for worker in (1, 2, 3):
         assert result.stdout.count(f"worker {worker} start") == 2
         assert result.stdout.count(f"worker {worker} end") == 2
+
+
+def test_run_options_may_follow_the_name(lock_dir: str) -> None:
+    holder = crosslock.Lock("late-opts")
+    with holder:
+        result = cli(lock_dir, "run", "late-opts", "--timeout", "0", "--", PY, "-c", "print('ran')")
+    assert result.returncode == 75, result.stderr
+    assert "ran" not in result.stdout
+    result = cli(lock_dir, "run", "late-opts", "--timeout", "1", "--", PY, "-c", "print('ran')")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran\n"

@@ -369,3 +369,71 @@ def test_lock_file_of_another_user_still_locks(open_dir: Any) -> None:
     kind, message = _as_nobody(_make, str(path))
     assert kind == "PermissionError"
     assert str(path) in message
+
+
+@pytest.mark.parametrize("backend", ["file", "filelock"])
+def test_lock_lost_on_both_file_backends(tmp_path: Any, backend: str) -> None:
+    path = tmp_path / "x.lock"
+    lock = crosslock.Lock(path, backend=backend)
+    with lock:
+        assert lock.token == 1
+    lock.acquire()
+    os.replace(tmp_path / "x.lock", tmp_path / "moved.lock")
+    path.write_bytes(b"")
+    assert not lock.held
+    assert lock.token is None  # no token for a lost hold
+    with pytest.raises(crosslock.LockLost):
+        lock.release()
+    with lock:
+        assert lock.token == 1  # the new file starts its own count
+        assert lock.held
+
+
+def test_damaged_record_keeps_the_counter(tmp_path: Any) -> None:
+    path = tmp_path / "x.lock"
+    path.write_bytes(b'{"crosslock":1,"token":41,"pid":1,"host":"h\xff\xfe broken')
+    lock = crosslock.Lock(path)
+    with lock:
+        assert lock.token == 42
+
+
+def test_long_holder_details_never_break_the_record(tmp_path: Any) -> None:
+    path = tmp_path / "x.lock"
+    lock = crosslock.Lock(path)
+    for expected in (1, 2):
+        with lock:
+            lock._publish(command="\U0001f600" * 500)
+            assert lock.token == expected
+    assert len(path.read_bytes()) == 512
+
+
+def test_symlinked_lock_dir_is_one_lock(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    monkeypatch.setenv("CROSSLOCK_DIR", str(tmp_path / "alias"))
+    by_name = crosslock.Lock("one")
+    by_path = crosslock.Lock(str(real / "one.lock"))
+    with by_name:
+        assert by_path.held
+
+
+def test_print_ignores_the_default_backend(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setenv("CROSSLOCK_BACKEND", "redis://localhost:1/0")
+    crosslock.print("still", "printed")
+    assert capsys.readouterr().out == "still printed\n"
+
+
+def test_forked_child_leaving_open_block_keeps_parent_lock(tmp_path: Any) -> None:
+    path = tmp_path / "data.txt"
+    with crosslock.open(path, "w") as f:
+        pid = os.fork()
+        if pid:
+            os.waitpid(pid, 0)  # the child has left the block (and exited)
+            # Still exclusively ours: a writer elsewhere times out.
+            with pytest.raises(crosslock.Timeout), crosslock.open(path, "a", timeout=0):
+                pass  # pragma: no cover
+            f.write("x")
+    if pid == 0:
+        os._exit(0)
+    assert path.read_text() == "x"

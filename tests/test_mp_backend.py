@@ -74,3 +74,15 @@ def test_abandoned_without_timeout_is_detected(procs: Any) -> None:
     with pytest.raises(crosslock.AbandonedLockError, match="died"):
         lock.acquire()  # timeout=None: must not hang (the suite's timeout would fail it)
     assert not lock.held
+
+
+def test_lock_handed_down_wins_over_a_local_one_of_the_same_name() -> None:
+    from crosslock._backends import _mp
+
+    local = crosslock.Lock("handed", backend="multiprocessing")
+    target = _mp.MPTarget.create("other", "multiprocessing", {})
+    inherited = _mp._rebuild("handed", target.uid, target.sem, target.state)
+    assert inherited.uid == target.uid
+    assert crosslock.Lock("handed", backend="multiprocessing").name == "handed"
+    assert _mp._named["handed"] is inherited
+    assert local.name == "handed"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, _record
-from ._errors import LockError
+from ._errors import LockError, LockLost
 from ._lock import Lock, check_timeout
 from ._paths import LOCK_SUFFIX, default_dir, lock_path
 
@@ -24,7 +24,7 @@ EX_TEMPFAIL = 75
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(remainder: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crosslock",
         description="Serialize processes with one lock, whatever the lock underneath.",
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         help="backend name or URL (default: file, or $CROSSLOCK_BACKEND)",
     )
     run.add_argument("name", metavar="NAME", help="lock name or lock file path")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments")
+    if remainder:  # no "--": the command is whatever follows NAME
+        run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments")
 
     status = sub.add_parser(
         "status",
@@ -75,7 +76,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] | None = None
+    if argv[:1] == ["run"] and "--" in argv:
+        # Everything after the first "--" is the command; options may come
+        # before or after NAME.
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
+    args = _parser(remainder=command is None).parse_args(argv)
+    if command is not None:
+        args.cmd = command
     try:
         if args.command == "run":
             return _run(args)
@@ -140,7 +150,10 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        lock.release()
+        try:
+            lock.release()
+        except LockLost as exc:
+            print(f"crosslock: warning: {exc}", file=sys.stderr)
     return code if code >= 0 else 128 - code
 
 
@@ -213,9 +226,15 @@ def _describe(path: str, named: bool) -> dict[str, Any]:
             )
         else:
             row["host"] = _record.host()
-    elif rec.get("pid"):
+    elif rec.get("pid") and _alive(rec["pid"]):  # no lock table: trust a live recorded holder
         row.update(pids=[rec["pid"]], host=rec.get("host"), since=rec.get("since"), token=rec.get("token"))
     return row
+
+
+def _alive(pid: Any) -> bool:
+    from ._backends._mp import _alive as alive
+
+    return isinstance(pid, int) and alive(pid)
 
 
 def _state_from_table(path: str) -> str:

@@ -187,7 +187,7 @@ class Core:
 
     def token(self, owner: object) -> int | None:
         with self._cond:
-            if not (self._owner == owner or owner in self._readers):
+            if not (self._owner == owner or owner in self._readers) or self._backend.lost():
                 return None
             if self._token is None:
                 self._token = self._backend.token(self._mode == _SHARED, self._since)

@@ -27,7 +27,7 @@ _WORKER = textwrap.dedent(
         work()
     else:
         import crosslock
-        with crosslock.Lock(lock_path):
+        with crosslock.Lock(lock_path, backend="file"):
             work()
     """
 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -111,7 +113,7 @@ def _stream_lock(stream: Any) -> Any:
     if lock is None and key not in _stream_locks:
         with _stream_locks_guard:
             try:
-                lock = Lock(f".print-{st.st_dev}-{st.st_ino}")
+                lock = Lock(f".print-{st.st_dev}-{st.st_ino}", backend="file")
             except OSError:
                 lock = None  # no usable lock directory: still print, threads serialized
             _stream_locks[key] = lock
@@ -206,8 +208,15 @@ def _locked_open(
     path: str, mode: str, flags: int, read_only: bool, wait: float | None, open_kwargs: dict[str, Any]
 ) -> Iterator[IO[Any]]:
     def opener(p: str) -> int:
-        return os.open(p, flags, 0o666)
+        nonlocal flags
+        fd = os.open(p, flags, 0o666)
+        flags &= ~os.O_EXCL  # "x" created the file; a second descriptor opens it
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, f"{p!r} is a directory, not a file")
+        return fd
 
+    pid = os.getpid()
     backend = FileBackend(path, opener=opener, lock_file=False)
     try:
         if wait is None:
@@ -229,6 +238,7 @@ def _locked_open(
             finally:
                 stream.close()  # flushes while the lock is still held
         finally:
-            backend.release()
+            if os.getpid() == pid:  # a forked child must not release its parent's lock
+                backend.release()
     finally:
         backend.close()

@@ -17,14 +17,16 @@ _checked: dict[str, str] = {}
 
 def _candidate_dir() -> tuple[str, bool]:
     """The default directory and whether crosslock may create and own it."""
+    # Folders above the lock directory are resolved, so that one lock file has
+    # one spelling (and one registry key) in a process.
     explicit = os.environ.get("CROSSLOCK_DIR")
     if explicit:
-        return os.path.abspath(explicit), False
+        return os.path.realpath(explicit), False
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "crosslock"), True
+        return os.path.join(os.path.realpath(runtime), "crosslock"), True
     uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    return os.path.join(tempfile.gettempdir(), f"crosslock-{uid}"), True
+    return os.path.join(os.path.realpath(tempfile.gettempdir()), f"crosslock-{uid}"), True
 
 
 def default_dir() -> str:
@@ -42,7 +44,7 @@ def default_dir() -> str:
         FileNotFoundError: the parent of ``$CROSSLOCK_DIR`` does not exist.
     """
     path, private = _candidate_dir()
-    if _checked.get(path) == path:
+    if _checked.get(path) == path and os.path.isdir(path):
         return path
     try:
         os.mkdir(path, 0o700)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 from typing import Any
 
 from ._errors import LockError
 
 MAGIC = b'{"crosslock":1,'
+_TOKEN = re.compile(rb'"token":(\d+)')
 SIZE = 512
 
 _HOST = socket.gethostname()
@@ -61,8 +63,12 @@ def read(fd: int, path: str) -> dict[str, Any]:
     try:
         rec = json.loads(data.decode("utf-8", "replace").strip("\0 \n"))
     except ValueError:
-        return {}
-    return rec if isinstance(rec, dict) else {}
+        rec = None
+    if not isinstance(rec, dict):
+        # A torn or damaged record: keep at least the counter, so tokens never go back.
+        found = _TOKEN.search(data)
+        return {"token": int(found.group(1))} if found else {}
+    return rec
 
 
 def peek(path: str) -> dict[str, Any]:
@@ -80,11 +86,18 @@ def peek(path: str) -> dict[str, Any]:
 
 
 def write(fd: int, rec: dict[str, Any]) -> None:
-    """Overwrite the record in ``fd`` with ``rec`` (one ``pwrite``)."""
-    body = json.dumps({"crosslock": 1, **rec}, separators=(",", ":")).encode()
-    if len(body) > SIZE - 1:
-        rec = {k: (v[:64] if isinstance(v, str) else v) for k, v in rec.items()}
-        body = json.dumps({"crosslock": 1, **rec}, separators=(",", ":")).encode()[: SIZE - 1]
+    """Overwrite the record in ``fd`` with ``rec`` (one ``pwrite``).
+
+    Text fields are shortened until the record fits, so it is always whole
+    JSON with the token first.
+    """
+    limit = 200
+    while True:
+        fields = {k: (v[:limit] if isinstance(v, str) else v) for k, v in rec.items()}
+        body = json.dumps({"crosslock": 1, **fields}, separators=(",", ":")).encode()
+        if len(body) <= SIZE - 1:
+            break
+        limit //= 2
     _pwrite(fd, body.ljust(SIZE - 1) + b"\n", 0)
 
 

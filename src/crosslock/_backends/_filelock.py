@@ -15,7 +15,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from .. import _record
-from .._errors import BackendUnavailable
+from .._errors import BackendUnavailable, LockLost
 from .._paths import lock_path
 from ._base import Backend, Target, no_options
 from ._native import native as _os
@@ -73,6 +73,7 @@ class FilelockBackend(Backend):
         self._fd = _os.open_lock_file(path)
         self._module = _filelock()
         self._lock = self._new_lock()
+        self._ident: tuple[int, int] | None = None  # the file held, while held
 
     def _new_lock(self) -> Any:
         return self._module.FileLock(self._path, thread_local=False)
@@ -83,10 +84,37 @@ class FilelockBackend(Backend):
             self._lock.acquire(timeout=timeout, poll_interval=POLL_INTERVAL)
         except self._module.Timeout:
             return False
+        self._ident = self._at_path()
         return True
 
+    def _at_path(self) -> tuple[int, int] | None:
+        try:
+            st = os.lstat(self._path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def lost(self) -> bool:
+        return self._ident is not None and self._at_path() != self._ident
+
     def release(self) -> None:
+        lost = self.lost()
+        self._ident = None
         self._lock.release()
+        if lost:
+            raise LockLost(
+                f"lock file {self._path!r} was removed or replaced while held, so others "
+                "may have held the lock meanwhile"
+            )
+
+    def _record_fd(self) -> int:
+        """Our descriptor on the file held now (reopened if the file was replaced)."""
+        st = os.fstat(self._fd)
+        if (st.st_dev, st.st_ino) != self._ident:
+            fd = _os.open_lock_file(self._path)
+            os.close(self._fd)
+            self._fd = fd
+        return self._fd
 
     def locked(self) -> bool:
         probe = self._new_lock()
@@ -98,15 +126,16 @@ class FilelockBackend(Backend):
         return False
 
     def token(self, shared: bool, since: float) -> int:
-        return _record.next_token(self._fd, self._path, since)
+        return _record.next_token(self._record_fd(), self._path, since)
 
     def publish(self, since: float, details: dict[str, Any]) -> None:
-        _record.publish(self._fd, self._path, since, details)
+        _record.publish(self._record_fd(), self._path, since, details)
 
     def forget(self) -> None:
         # filelock resets its own instances in a forked child; a fresh one
         # is needed there all the same.
         self._lock = self._new_lock()
+        self._ident = None
 
     def close(self) -> None:
         if self._fd >= 0:

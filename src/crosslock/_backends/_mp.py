@@ -92,11 +92,15 @@ class MPTarget(Target):
 
 
 def _rebuild(name: str | None, uid: str, sem: Any, state: Any) -> MPTarget:
-    target = MPTarget(name, uid, sem, state)
-    if name is not None:
-        with _named_lock:
-            target = _named.setdefault(name, target)
-    return target
+    """A target handed down by the parent: it is *the* lock of that name here from now on."""
+    with _named_lock:
+        known = _named.get(name) if name is not None else None
+        if known is not None and known.uid == uid:
+            return known
+        target = MPTarget(name, uid, sem, state)
+        if name is not None:
+            _named[name] = target
+        return target
 
 
 def _alive(pid: int) -> bool:
