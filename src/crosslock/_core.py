@@ -27,6 +27,8 @@ from ._errors import LockError, NotHeldError
 
 __all__ = ["TRY", "Core", "get_core"]
 
+_monotonic = time.monotonic
+
 #: A deadline that is always past: try once, never wait.
 TRY = float("-inf")
 
@@ -43,6 +45,7 @@ class Core:
         "_cond",
         "_depth",
         "_mode",
+        "_mutex",
         "_owner",
         "_readers",
         "_since",
@@ -57,7 +60,8 @@ class Core:
         self._reset()
 
     def _reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._mode = _FREE
         self._owner: object = None
         self._depth = 0
@@ -71,7 +75,24 @@ class Core:
 
     def acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
         """Take the lock for ``owner``; ``deadline`` as in :meth:`Backend.acquire`."""
-        with self._cond:
+        with self._mutex:
+            # The common case first: the process holds nothing and nobody of
+            # it waits; one try of the backend, under the mutex.
+            if self._mode == _FREE and not self._busy and not shared:
+                if self._backend.acquire(False, TRY):
+                    self._mode = _EXCLUSIVE
+                    self._owner = owner
+                    self._depth = 1
+                    self._since = 0.0
+                    self._token = None
+                    _held.add(self)
+                    return True
+                if deadline is not None and deadline <= _monotonic():
+                    return False
+        return self._acquire(owner, shared, deadline)
+
+    def _acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
+        with self._mutex:
             if self._owner == owner:
                 self._depth += 1
                 return True
@@ -102,7 +123,7 @@ class Core:
         try:
             granted = self._backend.acquire(shared, deadline)
         finally:
-            with self._cond:
+            with self._mutex:
                 self._busy = False
                 if granted:
                     self._grant(owner, shared)
@@ -132,14 +153,14 @@ class Core:
             self._mode = _EXCLUSIVE
             self._owner = owner
             self._depth = 1
-        self._since = time.time()
+        self._since = 0.0
         self._token = None
         _held.add(self)
 
     # -- release -------------------------------------------------------------
 
     def release(self, owner: object) -> None:
-        with self._cond:
+        with self._mutex:
             if self._mode == _EXCLUSIVE and self._owner == owner:
                 self._depth -= 1
                 if self._depth:
@@ -190,13 +211,20 @@ class Core:
             if not (self._owner == owner or owner in self._readers) or self._backend.lost():
                 return None
             if self._token is None:
-                self._token = self._backend.token(self._mode == _SHARED, self._since)
+                self._token = self._backend.token(self._mode == _SHARED, self._stamp())
             return self._token
 
     def publish(self, details: dict[str, Any]) -> None:
         with self._cond:
             if self._mode != _FREE:
-                self._backend.publish(self._since, details)
+                self._backend.publish(self._stamp(), details)
+
+    def _stamp(self) -> float:
+        """When this hold began, as far as anyone asked: holds pay for no clock
+        reading until a token or holder details are wanted."""
+        if not self._since:
+            self._since = time.time()
+        return self._since
 
     def _after_fork_in_child(self) -> None:
         self._reset()

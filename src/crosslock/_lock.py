@@ -204,7 +204,15 @@ class Lock:
             AbandonedLockError: the holder died and the backend cannot free
                 the lock (``multiprocessing``).
         """
-        wait = self._timeout if timeout is _UNSET else check_timeout(timeout, minus_one=True)
+        if timeout is _UNSET:
+            if blocking:  # the common call, kept short
+                wait = self._timeout
+                return self._core.acquire(
+                    _get_ident(), self._shared, None if wait is None else _deadline(wait)
+                )
+            wait = self._timeout
+        else:
+            wait = check_timeout(timeout, minus_one=True)
         if not blocking:
             if timeout is not _UNSET and timeout != -1:
                 raise ValueError("can't specify a timeout for a non-blocking call")

@@ -24,14 +24,20 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from .. import _record
 from .._errors import LockError, LockLost
 from .._paths import lock_path
+from . import _watch
+from ._watch import FIONREAD as _FIONREAD
+from ._watch import ioctl as _ioctl
 from ._base import Backend, Target, no_options
 from ._native import native as _os
+
+_try_lock = _os.try_lock
 
 __all__ = ["FileBackend", "FileTarget"]
 
@@ -70,7 +76,6 @@ class FileTarget(Target):
 def _identity(fd: int, path: str, lock_file: bool = True) -> tuple[int, int]:
     st = os.fstat(fd)
     if lock_file and st.st_nlink > 1:
-        os.close(fd)
         raise LockError(
             f"lock file {path!r} has {st.st_nlink} hard links; a lock file must have one "
             "(someone may have linked it to another file): remove it or choose another path"
@@ -103,18 +108,58 @@ class FileBackend(Backend):
         self._lock_file = lock_file
         # A lock file is never followed through a symlink; a user's data file is.
         self._stat = os.lstat if lock_file else os.stat
-        self._fd = self._open(path)
-        self._ident = _identity(self._fd, path, lock_file)
         self._cond = threading.Condition(threading.Lock())
         self._waits: dict[bool, _Wait] = {}
+        self._watcher: _watch.Watcher | None = None
+        self._wds = (-1, -1)
+        self._dirty = True  # until a watch says otherwise, check with lstat
+        self._fd = -1
+        self._set_fd(self._open(path))
+
+    def _set_fd(self, fd: int) -> None:
+        """Make ``fd`` the kept descriptor (identity checked, watched where possible)."""
+        try:
+            ident = _identity(fd, self._path, self._lock_file)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._drop_fd()
+        self._fd, self._ident = fd, ident
+        self._watcher = _watch.get() if self._lock_file else None
+        if self._watcher is not None:
+            ref = weakref.ref(self)
+
+            def mark() -> None:
+                backend = ref()
+                if backend is not None:
+                    backend._dirty = True
+
+            self._dirty = True
+            self._wds = self._watcher.add(fd, os.path.dirname(self._path), id(self), mark)
+            self._dirty = self._wds[0] < 0
+
+    def _drop_fd(self) -> None:
+        """Close the kept descriptor (which must hold nothing) and its watches."""
+        if self._watcher is not None and self._wds[0] >= 0:
+            for wd in self._wds:
+                self._watcher.remove(wd, id(self))
+            self._wds = (-1, -1)
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # -- acquire / release -------------------------------------------------
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
+        if self._fd >= 0 and _try_lock(self._fd, shared) and self._at_path():
+            return True  # the common case: free, and the file is where it was
+        return self._acquire(shared, deadline)
+
+    def _acquire(self, shared: bool, deadline: float | None) -> bool:
         while True:
             if self._fd < 0:
-                self._fd = self._open(self._path)
-                self._ident = _identity(self._fd, self._path, self._lock_file)
+                self._set_fd(self._open(self._path))
             if not _os.try_lock(self._fd, shared):
                 if deadline is None:
                     _os.lock(self._fd, shared)
@@ -125,8 +170,7 @@ class FileBackend(Backend):
             # The file was removed or replaced while we waited: let it go and
             # take the lock on the file that is at the path now.
             _os.unlock(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            self._drop_fd()
 
     def _wait_in_helper(self, shared: bool, deadline: float) -> bool:
         with self._cond:
@@ -152,10 +196,7 @@ class FileBackend(Backend):
             # Adopt the helper's descriptor: it holds the lock now. The kept
             # descriptor holds nothing (this process held nothing), so closing
             # it gives nothing away.
-            old, self._fd = self._fd, wait.fd
-            st = os.fstat(wait.fd)
-            self._ident = (st.st_dev, st.st_ino)
-            os.close(old)
+            self._set_fd(wait.fd)
             return True
 
     def _run_wait(self, wait: _Wait) -> None:
@@ -180,19 +221,37 @@ class FileBackend(Backend):
         at_path = self._at_path()
         _os.unlock(self._fd)
         if not at_path:
-            os.close(self._fd)
-            self._fd = -1
+            self._drop_fd()
             raise LockLost(
                 f"lock file {self._path!r} was removed or replaced while held, so others "
                 "may have held the lock meanwhile"
             )
 
     def _at_path(self) -> bool:
+        """Whether the kept descriptor is still the file at the path."""
+        watcher = self._watcher
+        if watcher is not None and self._wds[0] >= 0:
+            # Is any event queued? One ioctl. Nothing queued, no drain under
+            # way and not marked: no watched file changed.
+            count = watcher.count
+            _ioctl(watcher.fd, _FIONREAD, count, True)
+            if count[0] == 0:
+                if not watcher.draining and not self._dirty:
+                    return True
+            else:
+                watcher.drain()
+                if not self._dirty:
+                    return True
+        self._dirty = self._wds[0] < 0  # cleared first: a later event marks it again
         try:
             st = self._stat(self._path)
         except FileNotFoundError:
+            self._dirty = True
             return False
-        return (st.st_dev, st.st_ino) == self._ident
+        if (st.st_dev, st.st_ino) != self._ident:
+            self._dirty = True
+            return False
+        return True
 
     def lost(self) -> bool:
         return not self._at_path()
@@ -227,16 +286,18 @@ class FileBackend(Backend):
         self._fd = -1
         self._waits = {}
         self._cond = threading.Condition(threading.Lock())
+        # The inherited watches belong to the parent's inotify instance: leave
+        # them alone (removing them would remove the parent's).
+        self._watcher = None  # a fresh instance is made when the file is reopened
+        self._wds = (-1, -1)
+        self._dirty = True
         for fd in fds:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)  # the parent keeps its own descriptor and hold
 
     def close(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+        self._drop_fd()
 
     @property
     def fd(self) -> int:
