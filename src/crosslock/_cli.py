@@ -78,10 +78,9 @@ def _parser(remainder: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command: list[str] | None = None
-    if argv[:1] == ["run"] and "--" in argv:
-        # Everything after the first "--" is the command; options may come
-        # before or after NAME.
-        split = argv.index("--")
+    split = _command_start(argv)
+    if split is not None:
+        # "run [options] NAME [options] -- COMMAND...": options may follow NAME.
         argv, command = argv[:split], argv[split + 1 :]
     args = _parser(remainder=command is None).parse_args(argv)
     if command is not None:
@@ -100,6 +99,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # -- run ---------------------------------------------------------------------------
+
+_RUN_VALUED = {"--timeout", "--backend"}
+_RUN_FLAGS = {"--shared", "-h", "--help"}
+
+
+def _command_start(argv: list[str]) -> int | None:
+    """Index of the ``--`` that starts the command of ``run``, if NAME and only
+    options come before it; ``None`` otherwise (the command then follows NAME)."""
+    if argv[:1] != ["run"]:
+        return None
+    seen_name = False
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return i if seen_name else None
+        if arg in _RUN_VALUED:
+            i += 2
+            continue
+        if arg in _RUN_FLAGS or arg.split("=", 1)[0] in _RUN_VALUED:
+            i += 1
+            continue
+        if arg.startswith("-") or seen_name:
+            return None  # the command itself (or an unknown option argparse will report)
+        seen_name = True
+        i += 1
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from ._errors import LockError, NotHeldError
 __all__ = ["TRY", "Core", "get_core"]
 
 _monotonic = time.monotonic
+_time = time.time
 
 #: A deadline that is always past: try once, never wait.
 TRY = float("-inf")
@@ -83,7 +84,7 @@ class Core:
                     self._mode = _EXCLUSIVE
                     self._owner = owner
                     self._depth = 1
-                    self._since = 0.0
+                    self._since = _time()
                     self._token = None
                     _held.add(self)
                     return True
@@ -153,7 +154,7 @@ class Core:
             self._mode = _EXCLUSIVE
             self._owner = owner
             self._depth = 1
-        self._since = 0.0
+        self._since = _time()
         self._token = None
         _held.add(self)
 
@@ -211,20 +212,13 @@ class Core:
             if not (self._owner == owner or owner in self._readers) or self._backend.lost():
                 return None
             if self._token is None:
-                self._token = self._backend.token(self._mode == _SHARED, self._stamp())
+                self._token = self._backend.token(self._mode == _SHARED, self._since)
             return self._token
 
     def publish(self, details: dict[str, Any]) -> None:
         with self._cond:
             if self._mode != _FREE:
-                self._backend.publish(self._stamp(), details)
-
-    def _stamp(self) -> float:
-        """When this hold began, as far as anyone asked: holds pay for no clock
-        reading until a token or holder details are wanted."""
-        if not self._since:
-            self._since = time.time()
-        return self._since
+                self._backend.publish(self._since, details)
 
     def _after_fork_in_child(self) -> None:
         self._reset()

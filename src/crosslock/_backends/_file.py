@@ -6,12 +6,14 @@ waiter is woken by the release itself:
 
 * without a timeout, the calling thread blocks in the kernel call (Ctrl-C
   still interrupts it);
-* with a timeout, a helper thread blocks in the kernel call on a second
-  descriptor of the same file while the caller waits on a condition with the
-  timeout. If the caller gives up, the helper stays parked in the kernel; a
-  grant that arrives after that is handed back at once (unlocked and closed),
-  or handed to the next caller of this process that wants the lock. A
-  timed-out ``acquire`` therefore never turns into a hold later.
+* with a timeout, a helper thread blocks in the kernel call on the kept
+  descriptor while the caller waits on a condition with the timeout; the
+  helper's wake-up wakes the caller. If the caller gives up, it leaves that
+  descriptor to the helper, still parked in the kernel, and opens a fresh one
+  for itself. A grant that arrives after that is handed back at once
+  (unlocked and closed), or taken over by the next caller of this process
+  that wants the lock. A timed-out ``acquire`` therefore never turns into a
+  hold later.
 
 After each grant the descriptor is checked to still be the file at the path;
 if the file was removed or replaced meanwhile, the lock is dropped and taken
@@ -32,10 +34,10 @@ from .. import _record
 from .._errors import LockError, LockLost
 from .._paths import lock_path
 from . import _watch
-from ._watch import FIONREAD as _FIONREAD
-from ._watch import ioctl as _ioctl
 from ._base import Backend, Target, no_options
 from ._native import native as _os
+from ._watch import FIONREAD as _FIONREAD
+from ._watch import ioctl as _ioctl
 
 _try_lock = _os.try_lock
 
@@ -134,18 +136,24 @@ class FileBackend(Backend):
                 if backend is not None:
                     backend._dirty = True
 
-            self._dirty = True
             self._wds = self._watcher.add(fd, os.path.dirname(self._path), id(self), mark)
-            self._dirty = self._wds[0] < 0
+        # The watch starts now: whatever happened to the file before is only
+        # seen by one full check, which the next _at_path makes.
+        self._dirty = True
 
-    def _drop_fd(self) -> None:
-        """Close the kept descriptor (which must hold nothing) and its watches."""
+    def _abandon_fd(self) -> None:
+        """Leave the kept descriptor to a helper still waiting on it; unwatch it."""
         if self._watcher is not None and self._wds[0] >= 0:
             for wd in self._wds:
                 self._watcher.remove(wd, id(self))
             self._wds = (-1, -1)
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
+        self._fd = -1
+
+    def _drop_fd(self) -> None:
+        """Close the kept descriptor (which must hold nothing) and its watches."""
+        fd = self._fd
+        self._abandon_fd()
+        if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -176,8 +184,9 @@ class FileBackend(Backend):
         with self._cond:
             wait = self._waits.get(shared)
             if wait is None:
-                fd = self._open(self._path)
-                wait = self._waits[shared] = _Wait(fd, shared)
+                # The helper waits on the kept descriptor itself, so a grant
+                # needs no hand-over; only a timeout costs a new descriptor.
+                wait = self._waits[shared] = _Wait(self._fd, shared)
                 threading.Thread(
                     target=self._run_wait, args=(wait,), name="crosslock-wait", daemon=True
                 ).start()
@@ -186,17 +195,25 @@ class FileBackend(Backend):
                 while not wait.done:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return False
+                        break
                     self._cond.wait(remaining)
             finally:
                 wait.waiters -= 1
+                if not wait.done and wait.fd == self._fd:
+                    # Timed out (or interrupted). The helper stays in the kernel
+                    # with its descriptor and hands a late grant back at once;
+                    # we open a fresh descriptor for the next try.
+                    self._abandon_fd()
+            if not wait.done:
+                return False
             if wait.error is not None:
-                os.close(wait.fd)
+                if wait.fd != self._fd:
+                    os.close(wait.fd)
                 raise wait.error
-            # Adopt the helper's descriptor: it holds the lock now. The kept
-            # descriptor holds nothing (this process held nothing), so closing
-            # it gives nothing away.
-            self._set_fd(wait.fd)
+            if wait.fd != self._fd:
+                # We took over a wait that an earlier caller gave up: its
+                # descriptor holds the lock now; ours holds nothing.
+                self._set_fd(wait.fd)
             return True
 
     def _run_wait(self, wait: _Wait) -> None:
@@ -282,7 +299,7 @@ class FileBackend(Backend):
     # -- lifetime -----------------------------------------------------------
 
     def forget(self) -> None:
-        fds = [self._fd, *(w.fd for w in self._waits.values())]
+        fds = {self._fd, *(w.fd for w in self._waits.values())}
         self._fd = -1
         self._waits = {}
         self._cond = threading.Condition(threading.Lock())

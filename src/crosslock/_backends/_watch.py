@@ -14,6 +14,7 @@ affected paths. Where inotify is missing or out of watches, every check is an
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
@@ -141,10 +142,8 @@ def _after_fork_in_child() -> None:
     # the parent's events. Start afresh (backends re-watch when they reopen).
     global _watcher, _tried, _lock
     if _watcher is not None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(_watcher.fd)
-        except OSError:
-            pass
     _watcher, _tried, _lock = None, False, threading.Lock()
 
 
