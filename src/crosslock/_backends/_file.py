@@ -40,6 +40,7 @@ from ._watch import FIONREAD as _FIONREAD
 from ._watch import ioctl as _ioctl
 
 _try_lock = _os.try_lock
+_unlock = _os.unlock
 
 __all__ = ["FileBackend", "FileTarget"]
 
@@ -160,8 +161,18 @@ class FileBackend(Backend):
     # -- acquire / release -------------------------------------------------
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
-        if self._fd >= 0 and _try_lock(self._fd, shared) and self._at_path():
-            return True  # the common case: free, and the file is where it was
+        # The common case, inlined: free, and no watched file changed.
+        fd = self._fd
+        if fd >= 0 and _try_lock(fd, shared):
+            watcher = self._watcher
+            if watcher is not None:
+                count = watcher.count
+                _ioctl(watcher.fd, _FIONREAD, count, True)
+                if not count[0] and not watcher.draining and not self._dirty:
+                    return True
+            if self._at_path():
+                return True
+            _os.unlock(fd)
         return self._acquire(shared, deadline)
 
     def _acquire(self, shared: bool, deadline: float | None) -> bool:
@@ -235,8 +246,14 @@ class FileBackend(Backend):
         os.close(wait.fd)
 
     def release(self) -> None:
-        at_path = self._at_path()
-        _os.unlock(self._fd)
+        watcher = self._watcher
+        if watcher is not None:
+            count = watcher.count
+            _ioctl(watcher.fd, _FIONREAD, count, True)
+            at_path = (not count[0] and not watcher.draining and not self._dirty) or self._at_path()
+        else:
+            at_path = self._at_path()
+        _unlock(self._fd)
         if not at_path:
             self._drop_fd()
             raise LockLost(

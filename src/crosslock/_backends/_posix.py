@@ -86,9 +86,15 @@ def _open_read_only(path: str) -> int:
         raise
 
 
+_flock = fcntl.flock
+_TRY_SH = fcntl.LOCK_SH | fcntl.LOCK_NB
+_TRY_EX = fcntl.LOCK_EX | fcntl.LOCK_NB
+_UN = fcntl.LOCK_UN
+
+
 def try_lock(fd: int, shared: bool) -> bool:
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        _flock(fd, _TRY_SH if shared else _TRY_EX)
     except BlockingIOError:
         return False
     return True
@@ -100,7 +106,7 @@ def lock(fd: int, shared: bool) -> None:
 
 
 def unlock(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
+    _flock(fd, _UN)
 
 
 def record_lock(fd: int) -> None:
