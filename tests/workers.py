@@ -176,3 +176,37 @@ def pool_task(x: int) -> int:
 def use_lock(lock: crosslock.Lock) -> int:
     with lock:
         return 1
+
+
+def stress_worker(
+    lock: crosslock.Lock, counter: str, marker: str, threads: int, holds: int, start: Any, result: Any
+) -> None:
+    """``threads`` threads of this process each take ``lock`` ``holds`` times with an
+    occupancy marker (exclusive create on entry) and a shared counter."""
+    import threading
+
+    overlaps = [0]
+    start.wait(60)
+
+    def run() -> None:
+        for _ in range(holds):
+            with lock:
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    overlaps[0] += 1
+                    continue
+                os.close(fd)
+                with open(counter, "r+") as f:
+                    value = int(f.read() or "0")
+                    f.seek(0)
+                    f.write(str(value + 1))
+                    f.truncate()
+                os.unlink(marker)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    result.put(overlaps[0])

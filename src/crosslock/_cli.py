@@ -66,6 +66,24 @@ def _parser(remainder: bool = True) -> argparse.ArgumentParser:
     status.add_argument("names", nargs="*", metavar="NAME", help="lock names or paths")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    verify = sub.add_parser(
+        "verify",
+        help="check that locks exclude on a folder's file system (NFS, SMB, container volumes)",
+        description="Start N processes that each take one lock M times, detect any two holds "
+        "that overlap and any lost update of a shared counter, and print a verdict. Exit 0 only "
+        "if no overlap and no lost update was seen.",
+    )
+    verify.add_argument(
+        "folder",
+        nargs="?",
+        default=None,
+        metavar="DIR",
+        help="folder to check (default: the default lock directory)",
+    )
+    verify.add_argument("--processes", type=int, default=4, metavar="N", help="processes (default 4)")
+    verify.add_argument("--holds", type=int, default=200, metavar="M", help="holds per process (default 200)")
+    verify.add_argument("--backend", default="file", metavar="B", help="backend to check (default: file)")
+
     sub.add_parser(
         "demo",
         help="three processes print without a lock (interleaved) and with one (serialized)",
@@ -90,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "verify":
+            from ._verify import verify
+
+            verdict = verify(args.folder or default_dir(), args.processes, args.holds, args.backend)
+            print(verdict.report())
+            return 0 if verdict.ok else 1
         from ._demo import run_demo
 
         return run_demo()
