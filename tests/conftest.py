@@ -12,8 +12,12 @@ import pytest
 
 import crosslock
 
-#: Every local backend; the conformance suite runs on each.
-BACKENDS = ["file", "filelock", "multiprocessing"]
+from .servers import PostgresServer, RedisServer
+
+#: Every backend; the conformance suite runs on each (servers: see servers.py).
+BACKENDS = ["file", "filelock", "multiprocessing", "redis", "postgres"]
+#: The lease tests use for Redis: short, so that a dead holder frees it soon.
+TEST_LEASE = 1.5
 #: Start methods for multi-process tests.
 START_METHODS = ["fork", "spawn"]
 
@@ -31,9 +35,30 @@ def lock_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
+    """A backend name, or a server URL for the server backends."""
     name: str = request.param
+    if name == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    if name == "postgres":
+        pg: PostgresServer = request.getfixturevalue("postgres_server")
+        return pg.url
     return name
 
 
@@ -51,6 +76,8 @@ def make_lock(backend: str, request: pytest.FixtureRequest) -> Callable[..., cro
         if name is None:
             counter[0] += 1
             name = str(counter[0])
+        if backend.startswith("redis"):
+            kwargs.setdefault("lease", TEST_LEASE)
         return crosslock.Lock(f"{prefix}-{name}", backend=backend, **kwargs)
 
     return make

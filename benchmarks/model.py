@@ -1,0 +1,78 @@
+"""Result tables: rows of figures per subject, columns that say how to show them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .subjects import BASELINE
+
+__all__ = ["ERROR", "FAILED", "OK", "SKIPPED", "TIMED_OUT", "Column", "Row", "Table"]
+
+OK = "ok"
+SKIPPED = "skipped"
+TIMED_OUT = "timed out"
+ERROR = "error"
+#: measured, but wrong: lost updates
+FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One figure of a table.
+
+    ``kind`` says how to show it: ``time`` (nanoseconds), ``rate`` (per
+    second), ``ms``, ``count``, ``kib``; ``span`` shows ``key_min`` and
+    ``key_max``, ``timespan`` the same for times, ``arrow`` shows
+    ``key_before`` -> ``key_after``.
+    """
+
+    key: str
+    header: str
+    kind: str
+    ratio: bool = False
+
+
+@dataclass
+class Row:
+    subject: str
+    status: str = OK
+    detail: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+    #: raw data kept for the JSON only (per-repetition times, per-process counts)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> bool:
+        return self.status in (OK, FAILED)
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    columns: tuple[Column, ...]
+    rows: list[Row] = field(default_factory=list)
+    note: str = ""
+
+    def baseline(self) -> Row | None:
+        for row in self.rows:
+            if row.subject == BASELINE and row.measured:
+                return row
+        return None
+
+    def ratio(self, row: Row, column: Column) -> float | None:
+        """``row``'s figure over the baseline's in this table, where that makes sense."""
+        base = self.baseline()
+        if not column.ratio or base is None or not row.measured:
+            return None
+        value, reference = row.values.get(column.key), base.values.get(column.key)
+        if value is None or not reference:
+            return None
+        return value / reference
+
+    def row(self, subject: str) -> Row:
+        for row in self.rows:
+            if row.subject == subject:
+                return row
+        raise KeyError(subject)

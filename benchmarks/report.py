@@ -1,0 +1,230 @@
+"""Markdown, JSON and a PNG chart from the result tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .model import Column, Row, Table
+from .subjects import BASELINE
+
+#: for ratios ("2.4x" with a true multiplication sign) and ranges
+TIMES = "\N{MULTIPLICATION SIGN}"
+DASH = "\N{EN DASH}"
+
+__all__ = ["chart", "fmt_ratio", "fmt_time", "markdown", "to_json", "write"]
+
+
+def _sig(value: float) -> str:
+    """Three significant digits, no exponent."""
+    if value == 0:
+        return "0"
+    digits = max(0, 2 - math.floor(math.log10(abs(value))))
+    rounded = round(value, digits)  # 0.9997 rounds to 1.00: three digits of *that*
+    digits = max(0, 2 - math.floor(math.log10(abs(rounded))))
+    return f"{rounded:.{digits}f}"
+
+
+def fmt_time(ns: float) -> str:
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if abs(ns) >= scale * 0.9995:  # 999.7 ns reads "1.00 µs", not "1000 ns"
+            return f"{_sig(ns / scale)} {unit}"
+    return f"{_sig(ns)} ns"
+
+
+def fmt_rate(per_s: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if per_s >= scale * 0.9995:
+            return f"{_sig(per_s / scale)} {unit}/s"
+    return f"{_sig(per_s)}/s"
+
+
+def fmt_ratio(ratio: float) -> str:
+    if ratio >= 9.95:
+        return f"{ratio:,.0f}{TIMES}"
+    if ratio >= 0.995:
+        return f"{ratio:.1f}{TIMES}"
+    if ratio <= 0:
+        return f"0{TIMES}"
+    # Two significant digits, never an exponent (0.0999 rounds to 0.10).
+    rounded = round(ratio, 1 - math.floor(math.log10(ratio)))
+    return f"{rounded:.{1 - math.floor(math.log10(rounded))}f}{TIMES}"
+
+
+def _fmt(kind: str, value: float) -> str:
+    if kind in ("time", "timespan"):
+        return fmt_time(value)
+    if kind == "rate":
+        return fmt_rate(value)
+    if kind == "ms":
+        return f"{value:.1f} ms"
+    if kind == "kib":
+        return f"{value / 1024:+.1f} MiB" if abs(value) >= 1024 else f"{value:+,.0f} KiB"
+    return f"{value:,.0f}"
+
+
+def _cell(table: Table, row: Row, column: Column) -> str:
+    values = row.values
+    key = column.key
+    if column.kind in ("span", "timespan", "arrow"):
+        low, high = ("_before", "_after") if column.kind == "arrow" else ("_min", "_max")
+        if key + low not in values or key + high not in values:
+            return "—"
+        sep = " → " if column.kind == "arrow" else f" {DASH} "
+        return _fmt(column.kind, values[key + low]) + sep + _fmt(column.kind, values[key + high])
+    if key not in values:
+        return "—"
+    text = _fmt(column.kind, values[key])
+    ratio = table.ratio(row, column)
+    return f"{text} ({fmt_ratio(ratio)})" if ratio is not None else text
+
+
+def _table_md(table: Table) -> list[str]:
+    lines = [f"## {table.title}", ""]
+    if table.note:
+        lines += [table.note, ""]
+    lines.append("| subject | " + " | ".join(c.header for c in table.columns) + " |")
+    lines.append("| --- |" + " ---: |" * len(table.columns))
+    notes = []
+    for row in table.rows:
+        name = f"**{row.subject}**" if row.subject == BASELINE else row.subject
+        if row.measured:
+            cells = [_cell(table, row, c) for c in table.columns]
+            if row.status != "ok":
+                name += f" **{row.status}**"
+        else:
+            first = f"skipped ({row.detail})" if row.status == "skipped" and row.detail else row.status
+            cells = [first] + ["—"] * (len(table.columns) - 1)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if row.detail and row.status != "skipped":
+            detail = [line for line in row.detail.strip().splitlines() if line.strip()]
+            notes.append(f"- {row.subject}: {detail[-1].strip() if detail else row.status}")
+    if notes:
+        lines += ["", *notes]
+    lines.append("")
+    return lines
+
+
+def markdown(
+    tables: Sequence[Table],
+    facts: dict[str, Any],
+    packages: dict[str, str | None],
+    mode: str,
+    wall_s: float,
+    failures: Sequence[str],
+    problems: Sequence[str],
+) -> str:
+    installed = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
+    missing = [k for k, v in packages.items() if not v]
+    lines = [
+        "# crosslock benchmarks",
+        "",
+        f"{mode} run of {facts['date']}, {wall_s:.0f} s: {facts['cpu']} ({facts['cores']} cores), "
+        f"Python {facts['python']}, Linux {facts['kernel']}; {installed}"
+        + (f"; not installed: {', '.join(missing)}" if missing else "")
+        + ".",
+        "",
+        f"Ratios ({TIMES}) are subject / **{BASELINE}** measured in the same run: above 1{TIMES} "
+        f"a time is longer, below 1{TIMES} a rate is lower.",
+        "",
+    ]
+    for table in tables:
+        lines += _table_md(table)
+    if failures or problems:
+        lines += ["## Problems", ""]
+        lines += [f"- **FAILED** {f}" for f in failures]
+        lines += [f"- {p}" for p in problems]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _row_json(table: Table, row: Row) -> dict[str, Any]:
+    ratios = {}
+    for column in table.columns:
+        ratio = table.ratio(row, column)
+        if ratio is not None:
+            ratios[column.key] = ratio
+    data: dict[str, Any] = {"subject": row.subject, "status": row.status}
+    if row.detail:
+        data["detail"] = row.detail
+    data.update(row.values)
+    if ratios:
+        data["ratio"] = ratios
+    data.update(row.extra)
+    return data
+
+
+def to_json(tables: Sequence[Table], **top: Any) -> dict[str, Any]:
+    measurements = {
+        t.key: {
+            "title": t.title,
+            "note": t.note,
+            "columns": [{"key": c.key, "header": c.header, "kind": c.kind} for c in t.columns],
+            "rows": [_row_json(t, r) for r in t.rows],
+        }
+        for t in tables
+    }
+    return {**top, "baseline": BASELINE, "measurements": measurements}
+
+
+def chart(tables: Sequence[Table], path: Path) -> bool:
+    """Bar charts of uncontended time and hand-off median per subject (log scale,
+    ratio labels); ``False`` when matplotlib is missing or there is nothing to draw."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [(t, key) for t in tables for key in ("ns_per_pair", "median_ns") if t.columns[0].key == key]
+    panels = [(t, key) for t, key in panels if any(r.measured for r in t.rows)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    for ax, (table, key) in zip(axes[0], panels, strict=True):
+        rows = [r for r in table.rows if r.measured and key in r.values]
+        values = [r.values[key] / 1e3 for r in rows]
+        colors = [
+            "#444444"
+            if r.subject == BASELINE
+            else "#1f77b4"
+            if r.subject.startswith("crosslock")
+            else "#bbbbbb"
+            for r in rows
+        ]
+        positions = range(len(rows))
+        ax.barh(positions, values, color=colors)
+        ax.set_yticks(list(positions), [r.subject for r in rows])
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("µs (log scale)")
+        ax.set_title(table.title if key == "ns_per_pair" else "Hand-off latency, median")
+        for y, row, value in zip(positions, rows, values, strict=True):
+            ratio = table.ratio(row, table.columns[0])
+            label = fmt_time(value * 1e3) + (f"  ({fmt_ratio(ratio)})" if ratio is not None else "")
+            ax.text(value * 1.08, y, label, va="center", fontsize=8)
+        ax.set_xlim(min(values) / 2, max(values) * 40)
+        ax.grid(axis="x", which="major", alpha=0.3)
+    fig.suptitle(f"crosslock vs raw flock and peers (ratio: subject / {BASELINE})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write(out: Path, text: str, data: dict[str, Any], tables: Sequence[Table]) -> list[Path]:
+    """Write latest.md, latest.json and (matplotlib permitting) latest.png into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "latest.md", out / "latest.json"]
+    written[0].write_text(text, encoding="utf-8")
+    written[1].write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    png = out / "latest.png"
+    if chart(tables, png):
+        written.append(png)
+    else:
+        png.unlink(missing_ok=True)  # never leave an older run's chart beside these results
+    return written

@@ -1,0 +1,192 @@
+"""The locks under test: one adapter per subject, ``make(path)`` -> an object
+with ``acquire()`` and ``release()``.
+
+Locks of subjects marked ``inherit`` are made once by the measuring process
+and inherited by the worker processes it forks (crosslock locks and
+``multiprocessing.Lock``: that is how they are meant to be shared). The other
+subjects make one lock object per process, since an inherited descriptor
+would share one open file description, and flock excludes nothing between
+holders of the same description.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import importlib
+import importlib.metadata
+import multiprocessing
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import crosslock
+
+__all__ = ["BASELINE", "SUBJECTS", "Handle", "Subject", "available", "missing", "versions"]
+
+#: Every ratio in the report is subject / this subject, measured in the same run.
+BASELINE = "raw flock"
+
+#: Distributions whose versions the report records.
+PACKAGES = ("crosslock", "filelock", "portalocker", "fasteners", "matplotlib")
+
+
+class Handle(Protocol):
+    """What a subject's ``make`` returns."""
+
+    def acquire(self) -> object: ...
+
+    def release(self) -> object: ...
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One lock implementation under test."""
+
+    name: str
+    make: Callable[[str], Handle]
+    #: modules it needs beyond the standard library and crosslock
+    requires: tuple[str, ...] = ()
+    #: made once by the measuring process and inherited by forked workers
+    inherit: bool = False
+    note: str = ""
+
+
+class RawFlock:
+    """``fcntl.flock(LOCK_EX)`` / ``LOCK_UN`` on a descriptor kept open: the baseline.
+
+    ``acquire`` and ``release`` are bound C calls, so the baseline carries no
+    Python frame of its own.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        self.acquire = functools.partial(fcntl.flock, self.fd, fcntl.LOCK_EX)
+        self.release = functools.partial(fcntl.flock, self.fd, fcntl.LOCK_UN)
+
+
+class PortalockerCall:
+    """``portalocker.lock(f, LOCK_EX)`` / ``portalocker.unlock(f)`` on a file kept open."""
+
+    def __init__(self, path: str) -> None:
+        portalocker = importlib.import_module("portalocker")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open on purpose
+        self.acquire = functools.partial(portalocker.lock, self.file, portalocker.LOCK_EX)
+        self.release = functools.partial(portalocker.unlock, self.file)
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+def _mp_lock(path: str) -> Handle:
+    lock: Handle = multiprocessing.get_context("fork").Lock()
+    return lock
+
+
+def _crosslock_file(path: str) -> Handle:
+    return crosslock.Lock(path)
+
+
+def _crosslock_timeout(path: str) -> Handle:
+    return crosslock.Lock(path, timeout=60)
+
+
+def _crosslock_mp(path: str) -> Handle:
+    return crosslock.Lock(backend="multiprocessing")
+
+
+def _crosslock_filelock(path: str) -> Handle:
+    return crosslock.Lock(path, backend="filelock")
+
+
+def _filelock(path: str) -> Handle:
+    lock: Handle = _module("filelock").FileLock(path)
+    return lock
+
+
+def _portalocker_lock(path: str) -> Handle:
+    lock: Handle = _module("portalocker").Lock(path, fail_when_locked=False, timeout=60)
+    return lock
+
+
+def _fasteners(path: str) -> Handle:
+    lock: Handle = _module("fasteners").InterProcessLock(path)
+    return lock
+
+
+SUBJECTS: tuple[Subject, ...] = (
+    Subject(BASELINE, RawFlock, note="fcntl.flock on a kept descriptor"),
+    Subject("multiprocessing.Lock", _mp_lock, inherit=True, note="a fork-context semaphore"),
+    Subject("crosslock file", _crosslock_file, inherit=True, note="crosslock.Lock(path)"),
+    Subject(
+        "crosslock file timeout",
+        _crosslock_timeout,
+        inherit=True,
+        note="crosslock.Lock(path, timeout=60): waits in a helper thread",
+    ),
+    Subject(
+        "crosslock multiprocessing",
+        _crosslock_mp,
+        inherit=True,
+        note='crosslock.Lock(backend="multiprocessing")',
+    ),
+    Subject(
+        "crosslock filelock",
+        _crosslock_filelock,
+        requires=("filelock",),
+        inherit=True,
+        note='crosslock.Lock(path, backend="filelock")',
+    ),
+    Subject("filelock", _filelock, requires=("filelock",), note="filelock.FileLock(path)"),
+    Subject(
+        "portalocker Lock",
+        _portalocker_lock,
+        requires=("portalocker",),
+        note="portalocker.Lock(path, fail_when_locked=False, timeout=60)",
+    ),
+    Subject(
+        "portalocker lock()",
+        PortalockerCall,
+        requires=("portalocker",),
+        note="portalocker.lock(f, LOCK_EX) / unlock(f) on a kept file",
+    ),
+    Subject("fasteners", _fasteners, requires=("fasteners",), note="fasteners.InterProcessLock(path)"),
+)
+
+
+def missing(subject: Subject) -> str | None:
+    """Why ``subject`` cannot run here (a module it needs does not import), or ``None``.
+
+    Importing here, in the parent, also spares every forked child the import.
+    """
+    for name in subject.requires:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return f"{name} not installed"
+    return None
+
+
+def available(wanted: list[str] | None = None) -> list[tuple[Subject, str | None]]:
+    """Each subject (filtered by case-insensitive substrings in ``wanted``;
+    the baseline always runs) with the reason it is skipped, if it is."""
+    chosen = []
+    for subject in SUBJECTS:
+        picked = not wanted or any(w.lower() in subject.name.lower() for w in wanted)
+        if not picked and subject.name != BASELINE:
+            continue
+        chosen.append((subject, missing(subject)))
+    return chosen
+
+
+def versions() -> dict[str, str | None]:
+    """Installed version of each package of interest (``None``: not installed)."""
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found

@@ -1,0 +1,315 @@
+"""The suite: each measurement over every subject, each in a measuring process
+under a time limit, collected into tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from . import measure, sandbox
+from .model import ERROR, FAILED, OK, SKIPPED, TIMED_OUT, Column, Row, Table
+from .stats import median
+from .subjects import BASELINE, Subject
+
+__all__ = ["MEASUREMENTS", "MODES", "Config", "Suite"]
+
+#: Measurements in the order they run (``--measure`` picks some).
+MEASUREMENTS = ("uncontended", "handoff", "throughput", "imports", "memory")
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    #: repetitions of the uncontended measurement, and each one's batch length
+    reps: int
+    batch_s: float
+    handoffs: int
+    #: a subject's hand-offs stop early past this many seconds (slow pollers)
+    handoff_budget_s: float
+    processes: tuple[int, ...]
+    duration_s: float
+    import_runs: int
+    memory_locks: int
+    #: per measurement and subject; past it the measuring process is killed
+    time_limit_s: float
+
+
+MODES = {
+    "full": Config("full", 7, 0.1, 200, 30.0, (2, 4, 8), 1.0, 15, 10_000, 60.0),
+    "quick": Config("quick", 5, 0.02, 50, 8.0, (2, 4, 8), 0.3, 5, 2_000, 60.0),
+    "smoke": Config("smoke", 2, 0.002, 6, 2.0, (2,), 0.05, 1, 200, 20.0),
+}
+
+IMPORTED = ("fcntl", "crosslock", "filelock", "portalocker", "fasteners")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _gist(detail: str) -> str:
+    """The last line of a traceback: the exception."""
+    lines = [line.strip() for line in detail.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else detail
+
+
+class Suite:
+    """Runs the measurements; failures (lost updates, errors) are collected in ``failures``."""
+
+    def __init__(
+        self,
+        config: Config,
+        subjects: list[tuple[Subject, str | None]],
+        workdir: Path,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.subjects = subjects
+        self.workdir = workdir
+        self.progress = progress
+        self.failures: list[str] = []
+        self.problems: list[str] = []
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _path(self, subject: Subject, what: str) -> str:
+        return str(self.workdir / f"{_slug(subject.name)}-{what}.lock")
+
+    def _rows(self) -> list[Row]:
+        return [
+            Row(s.name) if why is None else Row(s.name, status=SKIPPED, detail=why)
+            for s, why in self.subjects
+        ]
+
+    def _runnable(self) -> list[Subject]:
+        return [s for s, why in self.subjects if why is None]
+
+    def _run(self, row: Row, what: str, body: Callable[[], Any]) -> Any:
+        """Run ``body`` in a measuring process; on failure mark ``row`` and return ``None``."""
+        outcome = sandbox.run_in_child(body, self.config.time_limit_s)
+        if outcome.status == OK:
+            return outcome.value
+        row.status, row.detail = outcome.status, outcome.detail
+        message = f"{what}: {row.subject}: {outcome.status}: {_gist(outcome.detail)}"
+        if outcome.status == TIMED_OUT:
+            self.problems.append(message)
+        else:
+            self.failures.append(message)
+            self.progress(outcome.detail)
+        self.progress(message)
+        return None
+
+    # -- 1. uncontended ------------------------------------------------------------
+
+    def uncontended(self) -> Table:
+        table = Table(
+            "uncontended",
+            "Uncontended acquire + release",
+            (
+                Column("ns_per_pair", "acquire + release", "time", ratio=True),
+                Column("ns_per_pair", "fastest / slowest repetition", "timespan"),
+            ),
+            self._rows(),
+            note=(
+                f"One process takes and releases the lock in a loop; median of {self.config.reps} "
+                "repetitions (subjects interleaved, a fresh process each)."
+            ),
+        )
+        samples: dict[str, list[float]] = {}
+        subjects = self._runnable()
+        for rep in range(self.config.reps):
+            shift = rep % max(len(subjects), 1)
+            for subject in subjects[shift:] + subjects[:shift]:
+                row = table.row(subject.name)
+                if row.status != OK:
+                    continue
+                body = partial(measure.uncontended, subject, self._path(subject, "u"), self.config.batch_s)
+                value = self._run(row, "uncontended", body)
+                if value is not None:
+                    samples.setdefault(subject.name, []).append(value)
+            self.progress(f"uncontended: repetition {rep + 1}/{self.config.reps} done")
+        for row in table.rows:
+            times = samples.get(row.subject)
+            if row.status == OK and times:
+                row.values = {
+                    "ns_per_pair": median(times),
+                    "ns_per_pair_min": min(times),
+                    "ns_per_pair_max": max(times),
+                }
+                row.extra["repetitions_ns"] = times
+        return table
+
+    # -- 2. hand-off ------------------------------------------------------------------
+
+    def handoff(self) -> Table:
+        n = self.config.handoffs
+        table = Table(
+            "handoff",
+            "Hand-off latency",
+            (
+                Column("median_ns", "hand-off median", "time", ratio=True),
+                Column("p99_ns", "hand-off p99", "time", ratio=True),
+                Column("cpu_ns_per_handoff", "waiter CPU per hand-off", "time", ratio=True),
+                Column("handoffs", "hand-offs", "count"),
+            ),
+            self._rows(),
+            note=(
+                "From the holder's release (its clock read just before) to the blocked waiter's "
+                f"return from acquire, {n} hand-offs (fewer when they take over "
+                f"{self.config.handoff_budget_s:g} s) between two processes that swap roles; the "
+                f"holder releases {measure.SETTLE_S * 1e3:g} ms after the waiter said it is about to "
+                "block. Waiter CPU: user + system time of the waiting process over its waits."
+            ),
+        )
+        for subject in self._runnable():
+            row = table.row(subject.name)
+            path = self._path(subject, "h")
+            body = partial(measure.handoff, subject, path, n, self.config.handoff_budget_s)
+            value = self._run(row, "hand-off", body)
+            if value is not None:
+                row.values = value
+                self.progress(f"hand-off: {subject.name}: median {value['median_ns'] / 1e3:.1f} µs")
+        return table
+
+    # -- 3 and 4. throughput and fairness ------------------------------------------------
+
+    def throughput(self) -> list[Table]:
+        tables = []
+        duration = self.config.duration_s
+        for processes in self.config.processes:
+            table = Table(
+                f"throughput_p{processes}",
+                f"Contended throughput and fairness, {processes} processes",
+                (
+                    Column("sections_per_s", "sections/s", "rate", ratio=True),
+                    Column("wait_p99_ns", "wait p99", "time", ratio=True),
+                    Column("wait_max_ns", "wait max", "time", ratio=True),
+                    Column("per_process", "sections per process, min / max", "span"),
+                ),
+                self._rows(),
+                note=(
+                    f"{processes} processes start at a barrier and for {duration:g} s each run "
+                    "sections: under the lock, read a counter from a shared file, add 1, write it "
+                    "back. Waits are per acquisition, over all processes; the counter must equal "
+                    "the sections done."
+                ),
+            )
+            for subject in self._runnable():
+                row = table.row(subject.name)
+                body = partial(
+                    measure.throughput,
+                    subject,
+                    self._path(subject, f"t{processes}"),
+                    self._path(subject, f"t{processes}-counter"),
+                    processes,
+                    duration,
+                )
+                value = self._run(row, f"throughput P={processes}", body)
+                if value is None:
+                    continue
+                row.values = {k: float(v) for k, v in value.items() if k != "per_process"}
+                row.extra["per_process"] = value["per_process"]
+                if value["counter"] != value["sections"]:
+                    lost = value["sections"] - value["counter"]
+                    row.status = FAILED
+                    row.detail = (
+                        f"lost updates: the counter reads {value['counter']} after "
+                        f"{value['sections']} sections ({lost} lost)"
+                    )
+                    message = f"throughput P={processes}: {subject.name}: {row.detail}"
+                    self.failures.append(message)
+                    self.progress(message)
+                self.progress(
+                    f"throughput P={processes}: {subject.name}: {value['sections_per_s']:,.0f} sections/s"
+                )
+            tables.append(table)
+        return tables
+
+    # -- 5. imports ----------------------------------------------------------------------
+
+    def imports(self) -> Table:
+        runs = self.config.import_runs
+        modules = [m for m in IMPORTED if importlib.util.find_spec(m) is not None]
+        table = Table(
+            "imports",
+            "Import cost",
+            (
+                Column("net_ms", "import (less interpreter start)", "ms"),
+                Column("total_ms", 'python -c "import X"', "ms"),
+            ),
+            note=(
+                f'Wall time of a fresh `python -c "import X"` less that of `python -c "pass"` run '
+                f"beside it: median over {runs} rounds, bytecode cached for every module. No ratio: "
+                "raw flock's import (`fcntl`) costs next to nothing."
+            ),
+        )
+        times = measure.import_cost(modules, runs, self.config.time_limit_s, str(self.workdir))
+        start = times.pop("")
+        base = median(start) if start else 0.0
+        table.rows.append(Row('python -c "pass"', values={"net_ms": 0.0, "total_ms": base}))
+        table.rows[0].extra["runs_ms"] = start
+        for module in modules:
+            runs_ms = times[module]
+            if not runs_ms or not start:
+                table.rows.append(Row(module, status=ERROR, detail="the import failed or timed out"))
+                self.failures.append(f"imports: {module}: the import failed or timed out")
+                continue
+            # Each import run less the interpreter start of the same round: a
+            # burst of load on the machine hits both.
+            net = median([t - p for t, p in zip(runs_ms, start, strict=True)])
+            row = Row(module, values={"net_ms": net, "total_ms": median(runs_ms)})
+            row.extra["runs_ms"] = runs_ms
+            table.rows.append(row)
+        self.progress("imports: done")
+        return table
+
+    # -- 6. memory ------------------------------------------------------------------------
+
+    def memory(self) -> Table:
+        count = self.config.memory_locks
+        table = Table(
+            "memory",
+            "Memory and descriptors",
+            (
+                Column("locks", "locks", "count"),
+                Column("fds", "open descriptors before → after", "arrow"),
+                Column("rss_growth_kib", "RSS growth", "kib"),
+                Column("ns_per_lock", "per lock", "time", ratio=True),
+            ),
+            note=(
+                f"A fresh process takes and releases {count:,} distinct named locks one after the "
+                'other, dropping each lock object after use (crosslock: `Lock(f"n{i}")` in a temporary '
+                "`CROSSLOCK_DIR`; raw flock: open, flock, unlock, close)."
+            ),
+        )
+        for subject, kind in ((BASELINE, "flock"), ("crosslock file", "crosslock")):
+            row = Row(subject)
+            folder = self.workdir / f"memory-{kind}"
+            folder.mkdir(exist_ok=True)
+            try:
+                result = measure.memory(kind, count, str(folder), self.config.time_limit_s)
+            except subprocess.TimeoutExpired:
+                row.status, row.detail = TIMED_OUT, f"killed after {self.config.time_limit_s:g} s"
+                self.problems.append(f"memory: {subject}: {row.status}: {row.detail}")
+            except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+                stderr = getattr(exc, "stderr", "") or ""
+                row.status, row.detail = ERROR, f"{exc}\n{stderr}".strip()
+                self.failures.append(f"memory: {subject}: error: {_gist(row.detail)}")
+            else:
+                row.values = {
+                    "locks": result["locks"],
+                    "fds_before": result["fds_before"],
+                    "fds_after": result["fds_after"],
+                    "rss_growth_kib": result["rss_growth_kib"],
+                    "ns_per_lock": result["ns_per_lock"],
+                }
+                row.extra = {k: v for k, v in result.items() if k not in row.values}
+            table.rows.append(row)
+        self.progress("memory: done")
+        return table
