@@ -210,3 +210,247 @@ def stress_worker(
     for t in workers:
         t.join()
     result.put(overlaps[0])
+
+
+# -- fault-injection workers (tests/test_faults_*.py, tests/test_interop.py) ----------------------
+
+
+def _line_io(conn: Any) -> tuple[Any, Any]:
+    """(say, hear) over a multiprocessing Connection, or over stdout/stdin when ``conn`` is None."""
+    if conn is not None:
+        return conn.send, conn.recv
+
+    def say(line: str) -> None:
+        # One unbuffered write: safe from a signal handler, and an exception raised
+        # by a handler right after it cannot leave half-flushed buffers behind.
+        os.write(1, (line + "\n").encode())
+
+    def hear() -> str:
+        return sys.stdin.readline().strip()
+
+    return say, hear
+
+
+def interrupted_waiter(locks: list[crosslock.Lock], timeout: float | None, conn: Any = None) -> None:
+    """Wait for each of ``locks`` (held elsewhere) until Ctrl-C; then acquire and release each.
+
+    For each lock: hears a line, says ``waiting``, then waits until SIGINT
+    raises KeyboardInterrupt and says ``interrupted held=...`` (or
+    ``returned ...`` if the wait ended otherwise, and stops). SIGINT raises
+    only once per wait (a repeated signal is ignored), so the test may send
+    it again when the first one landed just before the blocking call began
+    (CPython runs the handler only once that call returns). Then, on a line,
+    for each lock: acquires with a bound, says ``acquired=... held=...``,
+    releases; says ``released held=...`` and waits for a last line.
+    """
+    import signal
+
+    armed = [False]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    say, hear = _line_io(conn)
+    for lock in locks:
+        hear()
+        say("waiting")
+        try:
+            armed[0] = True  # a signal from here on, even just before the wait, interrupts
+            got = lock.acquire() if timeout is None else lock.acquire(timeout=timeout)
+        except KeyboardInterrupt:
+            say(f"interrupted held={lock.held}")
+        else:
+            armed[0] = False
+            say(f"returned {got} held={lock.held}")
+            if got:
+                lock.release()
+            return
+    hear()
+    for lock in locks:
+        got = lock.acquire(timeout=30)
+        say(f"acquired={got} held={lock.held}")
+        if got:
+            lock.release()
+    say(f"released held={any(lock.held for lock in locks)}")
+    hear()
+
+
+def timed_out_waiter(lock: crosslock.Lock, timeout: float, attempts: int, conn: Any) -> None:
+    """Try ``attempts`` times with ``timeout``; report; stay alive until told, then report ``held``."""
+    say, hear = _line_io(conn)
+    results = [lock.acquire(timeout=timeout) for _ in range(attempts)]
+    say(f"results={results} held={lock.held}")
+    hear()
+    say(f"held={lock.held}")
+    hear()
+
+
+def hold_and_exit(lock: crosslock.Lock, acquired: Any, how: str) -> None:
+    """Acquire, signal, and end the process without releasing (``sys.exit`` or a plain return)."""
+    assert lock.acquire(timeout=30)
+    acquired.set()
+    if how == "sys.exit":
+        sys.exit(3)
+
+
+def hold_then_exec(lock: crosslock.Lock, fd: int) -> None:
+    """Acquire, write ``held`` to ``fd``, then exec a program that writes ``execd`` and sleeps."""
+    assert lock.acquire(timeout=30)
+    os.write(fd, b"held\n")
+    os.set_inheritable(fd, True)
+    code = f"import os, time; os.write({fd}, b'execd\\n'); time.sleep(60)"
+    os.execv(sys.executable, [sys.executable, "-c", code])
+
+
+def hold_and_popen(lock: crosslock.Lock, conn: Any, end: str) -> None:
+    """Acquire, start a long-running subprocess (close_fds=False), report its pid, then
+    release (``end="release"``) or keep holding until killed (``end="killed"``)."""
+    import subprocess
+
+    assert lock.acquire(timeout=30)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        close_fds=False,
+        stdin=subprocess.DEVNULL,
+    )
+    conn.send(child.pid)
+    if end == "release":
+        lock.release()
+        conn.send(f"released held={lock.held}")
+    else:
+        conn.send("holding")
+    conn.recv()  # until told to go (or killed)
+
+
+def forked_waiter(lock: crosslock.Lock, conn: Any) -> None:
+    """In a child forked while a parent thread waits: report, then acquire once told."""
+    held = lock.held
+    got = lock.acquire(timeout=0)
+    if got:
+        lock.release()
+    conn.send(f"held={held} try={got}")
+    conn.recv()
+    got = lock.acquire(timeout=30)
+    conn.send(f"acquired={got} held={lock.held}")
+    if got:
+        lock.release()
+    conn.send(f"released held={lock.held}")
+
+
+def converging_waiter(path: str, backend: str, marker: str, holds: int, opened: Any, result: Any) -> None:
+    """Open the lock file, say so, then take ``holds`` holds with an O_EXCL occupancy marker.
+
+    Reports (holds taken, overlaps seen, LockLost count).
+    """
+    lock = crosslock.Lock(path, backend=backend)  # opens the current file now
+    opened.set()
+    got = overlaps = lost = 0
+    for _ in range(holds):
+        if not lock.acquire(timeout=30):
+            continue
+        got += 1
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            overlaps += 1
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            os.unlink(marker)
+        try:
+            lock.release()
+        except crosslock.LockLost:
+            lost += 1
+    result.put((got, overlaps, lost))
+
+
+def signalled_waiter(lock: crosslock.Lock, timeout: float | None, conn: Any = None) -> None:
+    """Wait for a held lock while SIGUSR1 (a handler that returns) arrives: the wait must go on.
+
+    Says ``waiting``, ``usr1`` from the handler each time, then ``got=... held=...``.
+    """
+    import signal
+
+    say, hear = _line_io(conn)
+
+    def on_usr1(signum: int, frame: Any) -> None:
+        say("usr1")
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    say("waiting")
+    got = lock.acquire() if timeout is None else lock.acquire(timeout=timeout)
+    say(f"got={got} held={lock.held}")
+    if got:
+        lock.release()
+    hear()
+
+
+# -- server backends (tests/test_servers.py) ------------------------------------------------------
+
+
+def server_client(url: str, name: str, options: dict[str, Any], conn: Any) -> None:
+    """A process using the server lock ``name`` at ``url``, driven over the pipe ``conn``.
+
+    Builds ``Lock(name, backend=url, **options)`` and says ``("ready",)`` (or
+    ``("error", class name, message)`` and ends). Then answers commands until
+    ``("exit",)`` or the pipe closes:
+
+    - ``("acquire", timeout)``: says ``("trying",)`` first, then
+      ``("acquired", got, token, held)``; ``timeout`` None waits without one.
+    - ``("release",)``: ``("released", held)``.
+    - ``("held",)``, ``("token",)``, ``("locked",)``: ``(command, value)``.
+    - ``("write", path, data)``: a write to ``tests.fencing.FencedStore(path)``
+      with the token of this process's last grant (kept, as a client would):
+      ``("written",)`` or ``("stale", message)``.
+
+    A crosslock error in any command is reported as ``("error", class name, message)``.
+    """
+    from .fencing import FencedStore, StaleToken
+
+    try:
+        lock = crosslock.Lock(name, backend=url, **options)
+    except crosslock.LockError as exc:
+        conn.send(("error", type(exc).__name__, str(exc)))
+        return
+    conn.send(("ready",))
+    granted_token: int | None = None
+    while True:
+        try:
+            command = conn.recv()
+        except EOFError:
+            return
+        what = command[0]
+        try:
+            if what == "exit":
+                return
+            if what == "acquire":
+                conn.send(("trying",))
+                timeout = command[1]
+                got = lock.acquire() if timeout is None else lock.acquire(timeout=timeout)
+                if got:
+                    granted_token = lock.token
+                conn.send(("acquired", got, granted_token if got else None, lock.held))
+            elif what == "release":
+                lock.release()
+                conn.send(("released", lock.held))
+            elif what == "held":
+                conn.send(("held", lock.held))
+            elif what == "token":
+                conn.send(("token", lock.token))
+            elif what == "locked":
+                conn.send(("locked", lock.locked()))
+            elif what == "write":
+                assert granted_token is not None, "write before any grant"
+                try:
+                    FencedStore(command[1]).write(granted_token, command[2])
+                except StaleToken as exc:
+                    conn.send(("stale", str(exc)))
+                else:
+                    conn.send(("written",))
+            else:
+                conn.send(("error", "unknown command", repr(command)))
+        except crosslock.LockError as exc:
+            conn.send(("error", type(exc).__name__, str(exc)))

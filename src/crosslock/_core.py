@@ -90,9 +90,12 @@ class Core:
                     return True
                 if deadline is not None and deadline <= _monotonic():
                     return False
-        return self._acquire(owner, shared, deadline)
+                tried = True
+            else:
+                tried = False
+        return self._acquire(owner, shared, deadline, tried)
 
-    def _acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
+    def _acquire(self, owner: object, shared: bool, deadline: float | None, tried: bool = False) -> bool:
         with self._mutex:
             if self._owner == owner:
                 self._depth += 1
@@ -113,16 +116,18 @@ class Core:
                     return True
                 if not self._wait(deadline):
                     return False
-            # The process holds nothing: one quick try, still under the mutex.
-            if self._backend.acquire(shared, TRY):
-                self._grant(owner, shared)
-                return True
-            if deadline is not None and deadline <= time.monotonic():
-                return False
+                tried = False
+            if not tried:
+                # The process holds nothing: one quick try, still under the mutex.
+                if self._backend.acquire(shared, TRY):
+                    self._grant(owner, shared)
+                    return True
+                if deadline is not None and deadline <= time.monotonic():
+                    return False
             self._busy = True
         granted = False
         try:
-            granted = self._backend.acquire(shared, deadline)
+            granted = self._backend.wait(shared, deadline)
         finally:
             with self._mutex:
                 self._busy = False

@@ -30,6 +30,11 @@ class Backend(abc.ABC):
         ``False`` or raises, and must wake as soon as the lock frees.
         """
 
+    def wait(self, shared: bool, deadline: float | None) -> bool:
+        """Like :meth:`acquire`, called right after a try failed: a backend may
+        go straight to waiting."""
+        return self.acquire(shared, deadline)
+
     @abc.abstractmethod
     def release(self) -> None:
         """Give the lock up. Raises :class:`~crosslock.LockLost` (after

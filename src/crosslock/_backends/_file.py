@@ -23,7 +23,9 @@ again on the file now at the path, so all waiters converge on one file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import queue
 import threading
 import time
 import weakref
@@ -87,17 +89,60 @@ def _identity(fd: int, path: str, lock_file: bool = True) -> tuple[int, int]:
 
 
 class _Wait:
-    """A blocking kernel wait running in a helper thread on its own descriptor."""
+    """A blocking kernel wait that a helper thread runs for a caller with a timeout."""
 
-    __slots__ = ("done", "error", "fd", "granted", "shared", "waiters")
+    __slots__ = ("abandoned", "done", "error", "fd", "granted", "shared", "signal")
 
     def __init__(self, fd: int, shared: bool) -> None:
         self.fd = fd
         self.shared = shared
         self.done = False
         self.granted = False
+        self.abandoned = False
         self.error: BaseException | None = None
-        self.waiters = 0
+        #: released by the helper when the wait ends; the caller blocks on it
+        self.signal = threading.Lock()
+        self.signal.acquire()
+
+
+class _Helpers:
+    """Helper threads for timed waits, kept for reuse (starting a thread per
+    wait would cost more than the wait's wake-up)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._guard = threading.Lock()
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._guard:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        if spawn:
+            threading.Thread(target=self._work, args=(job,), name="crosslock-wait", daemon=True).start()
+        else:
+            self._jobs.put(job)
+
+    def _work(self, job: Callable[[], None]) -> None:
+        while True:
+            job()
+            del job
+            with self._guard:
+                self._idle += 1
+            job = self._jobs.get()
+
+
+_helpers = _Helpers()
+
+
+def _after_fork_in_child() -> None:
+    global _helpers
+    _helpers = _Helpers()  # the parent's helper threads do not exist here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class FileBackend(Backend):
@@ -111,7 +156,7 @@ class FileBackend(Backend):
         self._lock_file = lock_file
         # A lock file is never followed through a symlink; a user's data file is.
         self._stat = os.lstat if lock_file else os.stat
-        self._cond = threading.Condition(threading.Lock())
+        self._wlock = threading.Lock()
         self._waits: dict[bool, _Wait] = {}
         self._watcher: _watch.Watcher | None = None
         self._wds = (-1, -1)
@@ -173,13 +218,19 @@ class FileBackend(Backend):
             if self._at_path():
                 return True
             _os.unlock(fd)
-        return self._acquire(shared, deadline)
+            fd = -1  # the file moved: retry from the top
+        return self._acquire(shared, deadline, tried=fd >= 0)
 
-    def _acquire(self, shared: bool, deadline: float | None) -> bool:
+    def wait(self, shared: bool, deadline: float | None) -> bool:
+        return self._acquire(shared, deadline, tried=True)
+
+    def _acquire(self, shared: bool, deadline: float | None, tried: bool = False) -> bool:
         while True:
             if self._fd < 0:
                 self._set_fd(self._open(self._path))
-            if not _os.try_lock(self._fd, shared):
+                tried = False
+            if tried or not _os.try_lock(self._fd, shared):
+                tried = False
                 if deadline is None:
                     _os.lock(self._fd, shared)
                 elif deadline <= time.monotonic() or not self._wait_in_helper(shared, deadline):
@@ -192,40 +243,39 @@ class FileBackend(Backend):
             self._drop_fd()
 
     def _wait_in_helper(self, shared: bool, deadline: float) -> bool:
-        with self._cond:
+        with self._wlock:
             wait = self._waits.get(shared)
             if wait is None:
                 # The helper waits on the kept descriptor itself, so a grant
                 # needs no hand-over; only a timeout costs a new descriptor.
                 wait = self._waits[shared] = _Wait(self._fd, shared)
-                threading.Thread(
-                    target=self._run_wait, args=(wait,), name="crosslock-wait", daemon=True
-                ).start()
-            wait.waiters += 1
-            try:
-                while not wait.done:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            finally:
-                wait.waiters -= 1
-                if not wait.done and wait.fd == self._fd:
+                _helpers.run(functools.partial(self._run_wait, wait))
+            else:
+                wait.abandoned = False  # take over a wait an earlier caller gave up
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                wait.signal.acquire(True, remaining)
+        finally:
+            with self._wlock:
+                if not wait.done:
                     # Timed out (or interrupted). The helper stays in the kernel
                     # with its descriptor and hands a late grant back at once;
                     # we open a fresh descriptor for the next try.
-                    self._abandon_fd()
-            if not wait.done:
-                return False
-            if wait.error is not None:
-                if wait.fd != self._fd:
-                    os.close(wait.fd)
-                raise wait.error
+                    wait.abandoned = True
+                    if wait.fd == self._fd:
+                        self._abandon_fd()
+        if not wait.done:
+            return False
+        if wait.error is not None:
             if wait.fd != self._fd:
-                # We took over a wait that an earlier caller gave up: its
-                # descriptor holds the lock now; ours holds nothing.
-                self._set_fd(wait.fd)
-            return True
+                os.close(wait.fd)
+            raise wait.error
+        if wait.fd != self._fd:
+            # We took over a wait that an earlier caller gave up: its
+            # descriptor holds the lock now; ours holds nothing.
+            self._set_fd(wait.fd)
+        return True
 
     def _run_wait(self, wait: _Wait) -> None:
         try:
@@ -233,12 +283,12 @@ class FileBackend(Backend):
             wait.granted = True
         except BaseException as exc:  # handed to the waiter, if any
             wait.error = exc
-        with self._cond:
+        with self._wlock:
             wait.done = True
             if self._waits.get(wait.shared) is wait:
                 del self._waits[wait.shared]
-            if wait.waiters:
-                self._cond.notify_all()
+            if not wait.abandoned:
+                wait.signal.release()
                 return
         # Nobody wants this grant any more: give it back at once.
         if wait.granted:
@@ -319,7 +369,7 @@ class FileBackend(Backend):
         fds = {self._fd, *(w.fd for w in self._waits.values())}
         self._fd = -1
         self._waits = {}
-        self._cond = threading.Condition(threading.Lock())
+        self._wlock = threading.Lock()
         # The inherited watches belong to the parent's inotify instance: leave
         # them alone (removing them would remove the parent's).
         self._watcher = None  # a fresh instance is made when the file is reopened
