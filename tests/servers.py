@@ -7,6 +7,7 @@ locally and fails them in CI (``CI=true``), where .ci/run installs it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import select
@@ -73,7 +74,8 @@ class RedisServer:
 
     def _await_output(self, text: bytes, timeout: float = 20.0) -> None:
         """Read the server's log until ``text`` appears; then keep draining it."""
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         seen = b""
         deadline = time.monotonic() + timeout
@@ -148,8 +150,6 @@ class PostgresServer:
         self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.SubprocessError):
             self.stop("immediate")
-        except subprocess.SubprocessError:
-            pass
         shutil.rmtree(self.folder, ignore_errors=True)

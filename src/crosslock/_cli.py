@@ -65,6 +65,12 @@ def _parser(remainder: bool = True) -> argparse.ArgumentParser:
     )
     status.add_argument("names", nargs="*", metavar="NAME", help="lock names or paths")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--backend",
+        default=None,
+        metavar="URL",
+        help="a redis:// or postgresql:// server to ask (default: the lock files)",
+    )
 
     verify = sub.add_parser(
         "verify",
@@ -215,17 +221,35 @@ _FORWARDED = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIG
 
 
 def _status(args: argparse.Namespace) -> int:
+    spec = args.backend or os.environ.get("CROSSLOCK_BACKEND") or "file"
+    if "://" in spec:
+        return _print_status(_server_status(spec, list(args.names)), args.json, f"no locks at {spec}")
     if args.names:
         paths = [lock_path(n) for n in args.names]
     else:
         folder = default_dir()
         paths = sorted(glob.glob(os.path.join(glob.escape(folder), "*" + LOCK_SUFFIX)))
     rows = [_describe(p, named=bool(args.names)) for p in paths]
-    if args.json:
+    return _print_status(rows, args.json, f"no locks in {default_dir()}")
+
+
+def _server_status(spec: str, names: list[str]) -> list[dict[str, Any]]:
+    import importlib
+
+    from ._registry import target_class
+
+    cls = target_class(spec)  # checks the scheme and the optional package
+    module = importlib.import_module(cls.__module__)
+    rows: list[dict[str, Any]] = module.status(spec, names)
+    return rows
+
+
+def _print_status(rows: list[dict[str, Any]], as_json: bool, empty: str) -> int:
+    if as_json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no locks in {default_dir()}")
+        print(empty)
         return 0
     header = ("NAME", "STATE", "PID", "HOST", "SINCE")
     table = [header] + [

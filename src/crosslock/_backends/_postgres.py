@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import math
 import os
+import socket
 import time
 from collections.abc import Hashable
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from .. import _record
 from .._errors import BackendUnavailable, LockLost
 from ._base import Backend, Target, no_options
-from ._server import check_name, redact
+from ._server import check_name, redact, renewer
 
 __all__ = ["PostgresBackend", "PostgresTarget", "status"]
 
@@ -70,10 +71,56 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+#: The session's lock_timeout outside waits: bounds a try's wait on the
+#: crosslock_locks row (held only for a moment by another grant).
+_DEFAULT_LOCK_TIMEOUT = "2s"
+#: How long past a deadline (or for a release) a silent server is given before
+#: crosslock cuts the connection: nobody hangs on a frozen server.
+WATCHDOG_GRACE = 5.0
+RELEASE_LIMIT = 5.0
+
+
+@contextlib.contextmanager
+def _watchdog(conn: Any, seconds: float | None) -> Any:
+    """Shut the connection's socket down if the block takes longer than ``seconds``."""
+    if seconds is None:
+        yield
+        return
+    fired: list[bool] = []
+
+    def cut() -> None:
+        fired.append(True)
+        with contextlib.suppress(OSError):
+            sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
+
+    key = id(fired)
+    scheduler = renewer()  # the process's timer thread, shared with lease renewal
+    scheduler.add(key, time.monotonic() + seconds, lambda: cut())
+    try:
+        yield
+    except _module().OperationalError as exc:
+        if fired:
+            raise _module().OperationalError(f"the server did not answer within {seconds:g} s") from exc
+        raise
+    finally:
+        scheduler.remove(key)
+
+
+def _query_timed_out(exc: BaseException) -> bool:
+    return "did not answer within" in str(exc)
+
+
 def _connect(url: str) -> Any:
     psycopg = _module()
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(
+            url, autocommit=True, connect_timeout=5,
+            options=f"-c lock_timeout={_DEFAULT_LOCK_TIMEOUT}",
+        )  # fmt: skip
     except psycopg.OperationalError as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackendUnavailable(
@@ -152,37 +199,50 @@ class PostgresBackend(Backend):
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
         psycopg = self._psycopg
-        suffix = "_shared" if shared else ""
-        if self._conn is None or self._conn.closed:
-            self._conn = _connect(self._target.url)
-        conn = self._conn
-        try:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining < 0.001:
-                    row = conn.execute(
-                        _GRANT.format(fn=f"pg_try_advisory_lock{suffix}"), self._params()
-                    ).fetchone()
-                    return self._granted(row, shared)
-                conn.execute(
-                    "SELECT set_config('lock_timeout', %s, false)", (f"{math.ceil(remaining * 1000)}ms",)
-                )
+        for attempt in (1, 2):
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = _connect(self._target.url)
             try:
-                row = conn.execute(_GRANT.format(fn=f"pg_advisory_lock{suffix}"), self._params()).fetchone()
-            except psycopg.errors.LockNotAvailable:
-                return False  # the server ended the wait: nothing is held
-            finally:
-                if deadline is not None and not conn.broken:
-                    conn.execute("SELECT set_config('lock_timeout', '0', false)")
-            return self._granted(row, shared)
-        except psycopg.OperationalError as exc:
-            self._discard()
-            raise self._unreachable(exc, "acquire") from None
-        except BaseException:
-            # Interrupted (Ctrl-C) mid-wait: the session may or may not have
-            # been granted the lock. Closing it frees whatever it holds.
-            self._discard()
-            raise
+                return self._acquire(self._conn, shared, deadline)
+            except psycopg.OperationalError as exc:
+                # Nothing is held now (the session is gone). A connection that
+                # broke while idle (a server restart) gets one fresh try.
+                self._discard()
+                if attempt == 2 or _query_timed_out(exc):
+                    raise self._unreachable(exc, "acquire") from None
+            except BaseException:
+                # Interrupted (Ctrl-C) mid-wait: the session may or may not
+                # have been granted the lock. Closing it frees whatever it holds.
+                self._discard()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _acquire(self, conn: Any, shared: bool, deadline: float | None) -> bool:
+        psycopg = self._psycopg
+        suffix = "_shared" if shared else ""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        trying = remaining is not None and remaining < 0.001
+        if trying:
+            # One try; the session's lock_timeout bounds a wait on the row.
+            statement = _GRANT.format(fn=f"pg_try_advisory_lock{suffix}")
+            limit: float | None = RELEASE_LIMIT
+        else:
+            statement = _GRANT.format(fn=f"pg_advisory_lock{suffix}")
+            wait_ms = 0 if remaining is None else math.ceil(remaining * 1000)
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{wait_ms}ms",))
+            limit = None if remaining is None else remaining + WATCHDOG_GRACE
+        try:
+            with _watchdog(conn, limit):
+                row = conn.execute(statement, self._params()).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            # The server ended the wait: on the advisory lock (nothing held),
+            # or on the row after the grant -- so give back what may be held.
+            conn.execute(f"SELECT pg_advisory_unlock{suffix}(%s)", (self._key,))
+            return False
+        finally:
+            if not trying and not conn.broken:
+                conn.execute("SELECT set_config('lock_timeout', %s, false)", (_DEFAULT_LOCK_TIMEOUT,))
+        return self._granted(row, shared)
 
     def _granted(self, row: Any, shared: bool) -> bool:
         if row is None:
@@ -208,7 +268,8 @@ class PostgresBackend(Backend):
             self._discard()
             raise self._lost_error("its connection to the server was lost")
         try:
-            row = conn.execute(f"SELECT pg_advisory_unlock{suffix}(%s)", (self._key,)).fetchone()
+            with _watchdog(conn, RELEASE_LIMIT):
+                row = conn.execute(f"SELECT pg_advisory_unlock{suffix}(%s)", (self._key,)).fetchone()
         except psycopg.Error as exc:
             self._discard()
             raise self._lost_error(f"the server could not be reached to release it ({exc})") from None

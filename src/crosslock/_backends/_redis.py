@@ -20,6 +20,7 @@ its lease without knowing (see the docs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -42,6 +43,14 @@ SAFETY_RECHECK = 1.0
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local token = redis.call('INCR', KEYS[2])
+  -- A server restarted without persistence forgot the counter: never go
+  -- below the server's clock in microseconds, which only grows.
+  local now = redis.call('TIME')
+  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if token < floor then
+    token = floor
+    redis.call('SET', KEYS[2], token)
+  end
   redis.call('SET', KEYS[3], ARGV[3] .. ',"token":' .. token .. '}', 'PX', ARGV[2])
   redis.call('SADD', KEYS[4], ARGV[4])
   return token
@@ -205,10 +214,8 @@ class RedisBackend(Backend):
 
     def _drop_pubsub(self) -> None:
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(Exception):  # the connection is broken anyway
                 self._pubsub.close()
-            except Exception:  # the connection is broken anyway
-                pass
             self._pubsub = None
 
     # -- lease -----------------------------------------------------------------
@@ -219,9 +226,7 @@ class RedisBackend(Backend):
                 return None  # released meanwhile
             started = time.monotonic()
             try:
-                ok = self._renew_script(
-                    keys=[self._lock_key, self._info_key], args=[owner, self._lease_ms]
-                )
+                ok = self._renew_script(keys=[self._lock_key, self._info_key], args=[owner, self._lease_ms])
             except Exception:
                 if self._owner == owner and time.monotonic() >= self._expires:
                     self._lost = True  # could not renew before the lease ran out
@@ -300,10 +305,8 @@ class RedisBackend(Backend):
     def close(self) -> None:
         self._drop_pubsub()
         renewer().remove(id(self))
-        try:
+        with contextlib.suppress(Exception):
             self._client.close()
-        except Exception:
-            pass
 
 
 def status(url: str, names: list[str]) -> list[dict[str, Any]]:

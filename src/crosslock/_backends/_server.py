@@ -29,9 +29,7 @@ def redact(url: str) -> str:
 
 def check_name(backend: str, name: object) -> str:
     if not isinstance(name, str) or not name or "\0" in name:
-        raise TypeError(
-            f"the {backend} backend needs a lock name (a non-empty str), got {name!r}"
-        )
+        raise TypeError(f"the {backend} backend needs a lock name (a non-empty str), got {name!r}")
     return name
 
 
