@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import math
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final, overload
 
 from . import _core, _registry
 from ._backends._base import Target
 from ._errors import Timeout
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Lock"]
 
@@ -56,10 +58,14 @@ def _deadline(timeout: float | None) -> float | None:
 
 
 def _current_task() -> object | None:
+    asyncio = sys.modules.get("asyncio")  # not imported: no task can be running
+    if asyncio is None:
+        return None
     try:
-        return asyncio.current_task()
+        task: object | None = asyncio.current_task()
     except RuntimeError:  # no running event loop in this thread
         return None
+    return task
 
 
 @final
@@ -264,10 +270,12 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        task = asyncio.current_task()
+        task = _current_task()
         self._core.release(task if task is not None else _get_ident())
 
     async def _acquire_async(self, timeout: float | None) -> None:
+        import asyncio
+
         task = asyncio.current_task()
         owner: object = task if task is not None else _get_ident()
         core, shared = self._core, self._shared
@@ -318,6 +326,8 @@ class Lock:
 
         A call raises :class:`Timeout` when the lock's timeout passes.
         """
+        import inspect  # only decorating needs it: keeps `import crosslock` light
+
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)

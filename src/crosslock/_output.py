@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar, overload
 
-from ._backends._file import FileBackend
 from ._core import TRY
 from ._errors import Timeout
 from ._lock import Lock, check_timeout
@@ -207,6 +206,8 @@ def open(  # noqa: A001 - mirrors the built-in on purpose
 def _locked_open(
     path: str, mode: str, flags: int, read_only: bool, wait: float | None, open_kwargs: dict[str, Any]
 ) -> Iterator[IO[Any]]:
+    from ._backends._file import FileBackend
+
     def opener(p: str) -> int:
         nonlocal flags
         fd = os.open(p, flags, 0o666)

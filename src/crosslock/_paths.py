@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tempfile
 
 __all__ = ["LOCK_SUFFIX", "default_dir", "is_bare_name", "lock_path"]
 
@@ -26,6 +25,8 @@ def _candidate_dir() -> tuple[str, bool]:
     if runtime and os.path.isdir(runtime):
         return os.path.join(os.path.realpath(runtime), "crosslock"), True
     uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    import tempfile
+
     return os.path.join(os.path.realpath(tempfile.gettempdir()), f"crosslock-{uid}"), True
 
 
