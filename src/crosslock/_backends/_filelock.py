@@ -15,7 +15,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from .. import _record
-from .._errors import BackendUnavailable, LockLost
+from .._errors import BackendUnavailable, LockError, LockLost
 from .._paths import lock_path
 from ._base import Backend, Target, no_options
 from ._native import native as _os
@@ -34,6 +34,13 @@ def _filelock() -> Any:
             "the filelock backend needs the filelock package: pip install 'crosslock[filelock]'"
         ) from None
     return filelock
+
+
+def _linked(path: str, nlink: int) -> LockError:
+    return LockError(
+        f"lock file {path!r} has {nlink} hard links; a lock file must have one "
+        "(someone may have linked it to another file): remove it or choose another path"
+    )
 
 
 class FilelockTarget(Target):
@@ -79,6 +86,10 @@ class FilelockBackend(Backend):
         return self._module.FileLock(self._path, thread_local=False)
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
+        # filelock opens the path itself at each acquisition (and creates
+        # missing folders): check first that the path is still a lock file we
+        # may use -- no symlink, hard link, FIFO or missing folder.
+        self._check_path()
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             self._lock.acquire(timeout=timeout, poll_interval=POLL_INTERVAL)
@@ -107,13 +118,28 @@ class FilelockBackend(Backend):
                 "may have held the lock meanwhile"
             )
 
+    def _check_path(self) -> None:
+        """Keep our descriptor on the lock file now at the path, validated."""
+        try:
+            st = os.lstat(self._path)
+        except FileNotFoundError:
+            st = None
+        current = os.fstat(self._fd)
+        if st is not None and (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino):
+            if st.st_nlink > 1:
+                raise _linked(self._path, st.st_nlink)
+            return
+        fd = _os.open_lock_file(self._path)  # refuses symlinks, FIFOs, missing folders
+        nlink = os.fstat(fd).st_nlink
+        if nlink > 1:
+            os.close(fd)
+            raise _linked(self._path, nlink)
+        os.close(self._fd)
+        self._fd = fd
+
     def _record_fd(self) -> int:
-        """Our descriptor on the file held now (reopened if the file was replaced)."""
-        st = os.fstat(self._fd)
-        if (st.st_dev, st.st_ino) != self._ident:
-            fd = _os.open_lock_file(self._path)
-            os.close(self._fd)
-            self._fd = fd
+        """Our descriptor on the file held now (checked again before writing to it)."""
+        self._check_path()
         return self._fd
 
     def locked(self) -> bool:

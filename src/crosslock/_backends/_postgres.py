@@ -133,6 +133,12 @@ def _connect(url: str) -> Any:
         conn.execute(_TABLE)
     except psycopg.errors.UniqueViolation:
         pass  # created concurrently by another process
+    except psycopg.OperationalError as exc:
+        conn.close()
+        raise BackendUnavailable(
+            f"cannot connect to postgresql at {redact(url)} ({str(exc).strip()}); "
+            "start the server, or fix the URL, user or password"
+        ) from None
     except psycopg.Error as exc:
         conn.close()
         raise BackendUnavailable(
