@@ -80,7 +80,12 @@ class Core:
             # The common case first: the process holds nothing and nobody of
             # it waits; one try of the backend, under the mutex.
             if self._mode == _FREE and not self._busy and not shared:
-                if self._backend.acquire(False, TRY):
+                try:
+                    granted = self._backend.acquire(False, TRY)
+                except BaseException:
+                    self._backend.cancel()
+                    raise
+                if granted:
                     self._mode = _EXCLUSIVE
                     self._owner = owner
                     self._depth = 1
@@ -119,7 +124,12 @@ class Core:
                 tried = False
             if not tried:
                 # The process holds nothing: one quick try, still under the mutex.
-                if self._backend.acquire(shared, TRY):
+                try:
+                    granted = self._backend.acquire(shared, TRY)
+                except BaseException:
+                    self._backend.cancel()
+                    raise
+                if granted:
                     self._grant(owner, shared)
                     return True
                 if deadline is not None and deadline <= time.monotonic():
@@ -128,6 +138,10 @@ class Core:
         granted = False
         try:
             granted = self._backend.wait(shared, deadline)
+        except BaseException:
+            # Interrupted somewhere in the wait, maybe just after a grant.
+            self._backend.cancel()
+            raise
         finally:
             with self._mutex:
                 self._busy = False

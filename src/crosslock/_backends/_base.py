@@ -40,6 +40,10 @@ class Backend(abc.ABC):
         """Give the lock up. Raises :class:`~crosslock.LockLost` (after
         releasing whatever is left) when the hold was lost meanwhile."""
 
+    def cancel(self) -> None:  # noqa: B027
+        """An acquire was interrupted (Ctrl-C, say) at an unknown point: make
+        sure this process holds nothing and no pending wait turns into a hold."""
+
     def lost(self) -> bool:
         """Whether the current hold is known to be lost (cheap check)."""
         return False

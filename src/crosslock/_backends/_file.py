@@ -91,7 +91,7 @@ def _identity(fd: int, path: str, lock_file: bool = True) -> tuple[int, int]:
 class _Wait:
     """A blocking kernel wait that a helper thread runs for a caller with a timeout."""
 
-    __slots__ = ("abandoned", "done", "error", "fd", "granted", "shared", "signal")
+    __slots__ = ("abandoned", "done", "error", "fd", "granted", "shared", "signal", "started")
 
     def __init__(self, fd: int, shared: bool) -> None:
         self.fd = fd
@@ -99,6 +99,7 @@ class _Wait:
         self.done = False
         self.granted = False
         self.abandoned = False
+        self.started = False
         self.error: BaseException | None = None
         #: released by the helper when the wait ends; the caller blocks on it
         self.signal = threading.Lock()
@@ -249,10 +250,12 @@ class FileBackend(Backend):
                 # The helper waits on the kept descriptor itself, so a grant
                 # needs no hand-over; only a timeout costs a new descriptor.
                 wait = self._waits[shared] = _Wait(self._fd, shared)
-                _helpers.run(functools.partial(self._run_wait, wait))
             else:
                 wait.abandoned = False  # take over a wait an earlier caller gave up
         try:
+            if not wait.started:
+                _helpers.run(functools.partial(self._run_wait, wait))
+                wait.started = True
             remaining = deadline - time.monotonic()
             if remaining > 0:
                 wait.signal.acquire(True, remaining)
@@ -265,6 +268,10 @@ class FileBackend(Backend):
                     wait.abandoned = True
                     if wait.fd == self._fd:
                         self._abandon_fd()
+                    if not wait.started and self._waits.get(shared) is wait:
+                        # Interrupted while the helper was being started: it may
+                        # or may not run, so nobody may take this wait over.
+                        del self._waits[shared]
         if not wait.done:
             return False
         if wait.error is not None:
@@ -294,6 +301,16 @@ class FileBackend(Backend):
         if wait.granted:
             _os.unlock(wait.fd)
         os.close(wait.fd)
+
+    def cancel(self) -> None:
+        with self._wlock:
+            for wait in self._waits.values():
+                wait.abandoned = True  # a late grant is given back by the helper
+                if wait.fd == self._fd:
+                    self._abandon_fd()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                _os.unlock(self._fd)  # harmless when nothing is held
 
     def release(self) -> None:
         watcher = self._watcher

@@ -170,6 +170,10 @@ class MPBackend(Backend):
         self._state[_PID] = 0
         self._sem.release()
 
+    def cancel(self) -> None:
+        if self._state[_PID] == os.getpid():  # interrupted right after the grant
+            self.release()
+
     def locked(self) -> bool:
         if self._sem.acquire(False):
             self._sem.release()
