@@ -82,11 +82,14 @@ def test_stopped_holder_keeps_the_lock_until_resumed_and_released(make_lock: Mak
 # -- a holder that ends without releasing -----------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["return", "sys.exit"])
-def test_holder_exiting_without_release(make_lock: MakeLock, mp_context: Any, procs: Procs, how: str) -> None:
+# A forked child ends with os._exit; a spawned one runs the interpreter's shutdown
+# (atexit, finalizers): both ways must leave the lock to the others.
+@pytest.mark.parametrize(("how", "start"), [("return", "fork"), ("sys.exit", "spawn")])
+def test_holder_exiting_without_release(make_lock: MakeLock, procs: Procs, how: str, start: str) -> None:
     lock = make_lock()
-    acquired = mp_context.Event()
-    proc = procs.start(mp_context, workers.hold_and_exit, lock, acquired, how)
+    ctx = multiprocessing.get_context(start)
+    acquired = ctx.Event()
+    proc = procs.start(ctx, workers.hold_and_exit, lock, acquired, how)
     assert acquired.wait(WAIT)
     proc.join(WAIT)
     assert proc.exitcode == (3 if how == "sys.exit" else 0)

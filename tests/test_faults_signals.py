@@ -180,7 +180,7 @@ def test_sigint_interrupts_a_waiting_acquire(
     # Several locks, each interrupted once while this process holds them all: every
     # interrupt is another chance to land somewhere awkward (while a helper starts,
     # say), and nothing an earlier interrupt left behind can mend a later one.
-    locks = [make_lock() for _ in range(8)]
+    locks = [make_lock() for _ in range(4)]
     for lock in locks:
         assert lock.acquire(timeout=WAIT)
     try:

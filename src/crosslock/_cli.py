@@ -223,7 +223,9 @@ _FORWARDED = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIG
 def _status(args: argparse.Namespace) -> int:
     spec = args.backend or os.environ.get("CROSSLOCK_BACKEND") or "file"
     if "://" in spec:
-        return _print_status(_server_status(spec, list(args.names)), args.json, f"no locks at {spec}")
+        from ._backends._server import redact
+
+        return _print_status(_server_status(spec, list(args.names)), args.json, f"no locks at {redact(spec)}")
     if args.names:
         paths = [lock_path(n) for n in args.names]
     else:

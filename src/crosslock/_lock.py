@@ -121,7 +121,7 @@ class Lock:
         if shared and not cls.supports_shared:
             raise ValueError(
                 f"the {cls.backend_name} backend cannot take shared locks; "
-                "use shared=False, or the file backend for shared locks"
+                "use shared=False, or a backend that can share: file or postgresql://"
             )
         self._shared = shared
         self._core = _core.get_core(cls.create(name, spec, options))

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import sys
 from typing import Any
 
 from ._errors import LockError
@@ -28,18 +29,18 @@ SIZE = 512
 _HOST = socket.gethostname()
 
 
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    if hasattr(os, "pread"):
-        return os.pread(fd, size, offset)
-    os.lseek(fd, offset, os.SEEK_SET)  # Windows: the descriptor's offset is ours alone
-    return os.read(fd, size)
+if sys.platform != "win32":
+    _pread = os.pread
+    _pwrite = os.pwrite
+else:
 
+    def _pread(fd: int, size: int, offset: int) -> bytes:
+        os.lseek(fd, offset, os.SEEK_SET)  # the descriptor's offset is ours alone
+        return os.read(fd, size)
 
-def _pwrite(fd: int, data: bytes, offset: int) -> int:
-    if hasattr(os, "pwrite"):
-        return os.pwrite(fd, data, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.write(fd, data)
+    def _pwrite(fd: int, data: bytes, offset: int) -> int:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, data)
 
 
 def host() -> str:

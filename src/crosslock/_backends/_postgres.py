@@ -302,6 +302,7 @@ class PostgresBackend(Backend):
         try:
             row = self._conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND classid = (%s::bigint)::oid AND objid = (%s::bigint)::oid AND objsubid = 1",
                 (key >> 32, key & 0xFFFFFFFF),
             ).fetchone()
@@ -352,6 +353,7 @@ def status(url: str, names: list[str]) -> list[dict[str, Any]]:
             """
             SELECT name, token, pid, host, since, command, EXISTS (
                 SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 AND l.classid = ((key >> 32) & 4294967295)::oid
                 AND l.objid = (key & 4294967295)::oid
                 AND l.objsubid = 1) AS held

@@ -39,6 +39,8 @@ __all__ = ["RedisBackend", "RedisTarget", "status"]
 DEFAULT_LEASE = 10.0
 #: Longest a waiter waits without trying again, should a release message be lost.
 SAFETY_RECHECK = 1.0
+#: Longest a single command may take before the server counts as unreachable.
+SOCKET_TIMEOUT = 5.0
 
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -51,7 +53,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     token = floor
     redis.call('SET', KEYS[2], token)
   end
-  redis.call('SET', KEYS[3], ARGV[3] .. ',"token":' .. token .. '}', 'PX', ARGV[2])
+  redis.call('SET', KEYS[3], ARGV[3] .. ',"token":' .. string.format('%d', token) .. '}', 'PX', ARGV[2])
   redis.call('SADD', KEYS[4], ARGV[4])
   return token
 end
@@ -97,7 +99,11 @@ def _keys(name: str) -> tuple[str, str, str, str]:
 def _connect(url: str) -> Any:
     redis = _module()
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        # A server that stops answering must not hang anyone: commands give up
+        # after SOCKET_TIMEOUT (waits for a release use their own timeouts).
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT, health_check_interval=30
+        )
         client.ping()
     except redis.AuthenticationError as exc:
         raise BackendUnavailable(

@@ -24,12 +24,21 @@ import sys
 import termios
 import threading
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["FIONREAD", "Watcher", "get", "ioctl"]
 
-FIONREAD: Final = termios.FIONREAD
-ioctl = fcntl.ioctl
+FIONREAD: int
+ioctl: Any
+if sys.platform.startswith("linux"):
+    import fcntl
+    import termios
+
+    FIONREAD = termios.FIONREAD
+    ioctl = fcntl.ioctl
+else:  # no inotify: get() returns None and these are never called
+    FIONREAD = 0
+    ioctl = None
 
 _IN_ATTRIB: Final = 0x004  # link count (and metadata) changed
 _IN_MOVE_SELF: Final = 0x800
