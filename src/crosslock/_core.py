@@ -80,12 +80,7 @@ class Core:
             # The common case first: the process holds nothing and nobody of
             # it waits; one try of the backend, under the mutex.
             if self._mode == _FREE and not self._busy and not shared:
-                try:
-                    granted = self._backend.acquire(False, TRY)
-                except BaseException:
-                    self._backend.cancel()
-                    raise
-                if granted:
+                if self._try(False):
                     self._mode = _EXCLUSIVE
                     self._owner = owner
                     self._depth = 1
@@ -124,12 +119,7 @@ class Core:
                 tried = False
             if not tried:
                 # The process holds nothing: one quick try, still under the mutex.
-                try:
-                    granted = self._backend.acquire(shared, TRY)
-                except BaseException:
-                    self._backend.cancel()
-                    raise
-                if granted:
+                if self._try(shared):
                     self._grant(owner, shared)
                     return True
                 if deadline is not None and deadline <= time.monotonic():
@@ -150,6 +140,14 @@ class Core:
                 if self._waiting:
                     self._cond.notify_all()
         return granted
+
+    def _try(self, shared: bool) -> bool:
+        """One try of the backend; an interrupted try leaves nothing held."""
+        try:
+            return self._backend.acquire(shared, TRY)
+        except BaseException:
+            self._backend.cancel()
+            raise
 
     def _wait(self, deadline: float | None) -> bool:
         if deadline is None:

@@ -68,13 +68,13 @@ class FileTarget(Target):
 
     @property
     def key(self) -> Hashable:
-        return ("file", self.path)
+        return (self.backend_name, self.path)
 
     @property
     def display(self) -> str:
         return self.path
 
-    def open(self) -> FileBackend:
+    def open(self) -> Backend:
         return FileBackend(self.path)
 
 

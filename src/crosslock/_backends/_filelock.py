@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Hashable
 from typing import Any
 
 from .. import _record
 from .._errors import BackendUnavailable, LockError, LockLost
-from .._paths import lock_path
-from ._base import Backend, Target, no_options
+from ._base import Backend
+from ._file import FileTarget
 from ._native import native as _os
 
 __all__ = ["FilelockBackend", "FilelockTarget"]
@@ -43,30 +42,18 @@ def _linked(path: str, nlink: int) -> LockError:
     )
 
 
-class FilelockTarget(Target):
+class FilelockTarget(FileTarget):
+    """A lock file locked through the filelock package."""
+
     backend_name = "filelock"
     supports_shared = False
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-
     @classmethod
-    def create(cls, name: object, spec: str, options: dict[str, Any]) -> FilelockTarget:
-        no_options(cls.backend_name, options)
-        _filelock()
-        if name is None:
-            raise TypeError("the filelock backend needs a lock name or path, e.g. Lock('jobs')")
-        return cls(lock_path(name))
+    def create(cls, name: object, spec: str, options: dict[str, Any]) -> FileTarget:
+        _filelock()  # the install hint first
+        return super().create(name, spec, options)
 
-    @property
-    def key(self) -> Hashable:
-        return ("filelock", self.path)
-
-    @property
-    def display(self) -> str:
-        return self.path
-
-    def open(self) -> FilelockBackend:
+    def open(self) -> Backend:
         return FilelockBackend(self.path)
 
 

@@ -40,10 +40,7 @@ def open_lock_file(path: str) -> int:
         fd = _open_read_only(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise LockError(
-                f"lock path {path!r} is a symlink; crosslock does not follow symlinks at the "
-                "lock path (someone may have planted it): remove it or choose another path"
-            ) from None
+            raise _symlink(path) from None
         if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket
             raise LockError(
                 f"lock path {path!r} is a socket, not a regular file; choose another path"
@@ -59,6 +56,13 @@ def open_lock_file(path: str) -> int:
         kind = describe_kind(mode)
         raise LockError(f"lock path {path!r} is {kind}, not a regular file; choose another path")
     return fd
+
+
+def _symlink(path: str) -> LockError:
+    return LockError(
+        f"lock path {path!r} is a symlink; crosslock does not follow symlinks at the "
+        "lock path (someone may have planted it): remove it or choose another path"
+    )
 
 
 def _open_read_only(path: str) -> int:
@@ -79,10 +83,7 @@ def _open_read_only(path: str) -> int:
         ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise LockError(
-                f"lock path {path!r} is a symlink; crosslock does not follow symlinks at the "
-                "lock path (someone may have planted it): remove it or choose another path"
-            ) from None
+            raise _symlink(path) from None
         raise
 
 

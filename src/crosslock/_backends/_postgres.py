@@ -21,13 +21,12 @@ import math
 import os
 import socket
 import time
-from collections.abc import Hashable
 from typing import Any
 
 from .. import _record
 from .._errors import BackendUnavailable, LockLost
-from ._base import Backend, Target, no_options
-from ._server import check_name, redact, renewer
+from ._base import Backend, no_options
+from ._server import ServerTarget, check_name, redact, renewer
 
 __all__ = ["PostgresBackend", "PostgresTarget", "status"]
 
@@ -148,27 +147,15 @@ def _connect(url: str) -> Any:
     return conn
 
 
-class PostgresTarget(Target):
+class PostgresTarget(ServerTarget):
     backend_name = "postgres"
     supports_shared = True
-
-    def __init__(self, url: str, name: str) -> None:
-        self.url = url
-        self.name = name
 
     @classmethod
     def create(cls, name: object, spec: str, options: dict[str, Any]) -> PostgresTarget:
         no_options(cls.backend_name, options)
         _module()
         return cls(spec, check_name(cls.backend_name, name))
-
-    @property
-    def key(self) -> Hashable:
-        return ("postgres", self.url, self.name)
-
-    @property
-    def display(self) -> str:
-        return f"{self.name} at {redact(self.url)}"
 
     def open(self) -> PostgresBackend:
         return PostgresBackend(self)

@@ -25,13 +25,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Hashable
 from typing import Any
 
 from .. import _record
 from .._errors import BackendUnavailable, LockLost
-from ._base import Backend, Target
-from ._server import check_lease, check_name, redact, renewer
+from ._base import Backend
+from ._server import ServerTarget, check_lease, check_name, redact, renewer
 
 __all__ = ["RedisBackend", "RedisTarget", "status"]
 
@@ -116,13 +115,12 @@ def _connect(url: str) -> Any:
     return client
 
 
-class RedisTarget(Target):
+class RedisTarget(ServerTarget):
     backend_name = "redis"
     supports_shared = False
 
     def __init__(self, url: str, name: str, lease: float) -> None:
-        self.url = url
-        self.name = name
+        super().__init__(url, name)
         self.lease = lease
 
     @classmethod
@@ -133,14 +131,6 @@ class RedisTarget(Target):
             raise TypeError(f"the redis backend takes only lease=, not {', '.join(sorted(options))}")
         _module()
         return cls(spec, check_name(cls.backend_name, name), lease)
-
-    @property
-    def key(self) -> Hashable:
-        return ("redis", self.url, self.name)
-
-    @property
-    def display(self) -> str:
-        return f"{self.name} at {redact(self.url)}"
 
     def open(self) -> RedisBackend:
         return RedisBackend(self)

@@ -12,10 +12,12 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["Renewer", "check_lease", "check_name", "redact", "renewer"]
+from ._base import Target
+
+__all__ = ["Renewer", "ServerTarget", "check_lease", "check_name", "redact", "renewer"]
 
 
 def redact(url: str) -> str:
@@ -25,6 +27,22 @@ def redact(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class ServerTarget(Target):
+    """A named lock on a server at a URL."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+
+    @property
+    def key(self) -> Hashable:
+        return (self.backend_name, self.url, self.name)
+
+    @property
+    def display(self) -> str:
+        return f"{self.name} at {redact(self.url)}"
 
 
 def check_name(backend: str, name: object) -> str:
