@@ -7,6 +7,7 @@ measuring process (see :mod:`benchmarks.sandbox`) and fork their workers;
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import resource
@@ -24,7 +25,7 @@ from . import sandbox
 from .stats import median, percentile
 from .subjects import Handle, Subject
 
-__all__ = ["handoff", "import_cost", "memory", "throughput", "uncontended"]
+__all__ = ["handoff", "import_cost", "memory", "round_trips", "throughput", "uncontended"]
 
 #: How long a holder waits, once the waiter said it is about to block, before releasing.
 SETTLE_S = 0.002
@@ -293,3 +294,44 @@ def memory(kind: str, count: int, lock_dir: str, time_limit: float) -> dict[str,
     )
     result: dict[str, float] = json.loads(done.stdout)
     return result
+
+
+# -- 7. server round trips ---------------------------------------------------------------
+
+
+def _timed(call: Callable[[], object], n: int) -> dict[str, float]:
+    for _ in range(min(n, 100)):  # warm-up, uncounted
+        call()
+    times = array("q")
+    record = times.append
+    for _ in range(n):
+        t0 = _clock()
+        call()
+        record(_clock() - t0)
+    ordered = sorted(times)
+    return {
+        "median_ns": median(ordered),
+        "p99_ns": percentile(ordered, 99),
+        "max_ns": float(ordered[-1]),
+        "count": float(n),
+    }
+
+
+def round_trips(redis_url: str, postgres_url: str | None, n: int) -> dict[str, dict[str, float]]:
+    """``n`` sequential round trips on one connection, each timed: redis-py's
+    ``ping()`` (key ``redis``) and, given its URL and psycopg, PostgreSQL's
+    ``SELECT 1`` (key ``postgres``)."""
+    client = importlib.import_module("redis").Redis.from_url(redis_url)
+    found = {"redis": _timed(client.ping, n)}
+    client.close()
+    if postgres_url:
+        try:
+            psycopg = importlib.import_module("psycopg")
+        except ImportError:
+            return found
+        try:
+            with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
+                found["postgres"] = _timed(partial(conn.execute, "SELECT 1"), n)
+        except psycopg.Error:
+            pass  # a figure for the record only: the Redis baseline stands without it
+    return found

@@ -7,7 +7,7 @@ from typing import Any
 
 from .subjects import BASELINE
 
-__all__ = ["ERROR", "FAILED", "OK", "SKIPPED", "TIMED_OUT", "Column", "Row", "Table"]
+__all__ = ["ERROR", "FAILED", "OK", "SKIPPED", "TIMED_OUT", "Column", "Goal", "Row", "Section", "Table"]
 
 OK = "ok"
 SKIPPED = "skipped"
@@ -54,10 +54,12 @@ class Table:
     columns: tuple[Column, ...]
     rows: list[Row] = field(default_factory=list)
     note: str = ""
+    #: the row every ratio in this table is over (raw flock but in the server tables)
+    baseline_subject: str = BASELINE
 
     def baseline(self) -> Row | None:
         for row in self.rows:
-            if row.subject == BASELINE and row.measured:
+            if row.subject == self.baseline_subject and row.measured:
                 return row
         return None
 
@@ -76,3 +78,43 @@ class Table:
             if row.subject == subject:
                 return row
         raise KeyError(subject)
+
+
+@dataclass
+class Goal:
+    """A target the figures are held to: ``numerator / denominator`` against ``bound``."""
+
+    key: str
+    text: str
+    #: (what, nanoseconds; ``None``: not measured)
+    numerator: tuple[str, float | None]
+    denominator: tuple[str, float | None]
+    #: "at most" or "at least"
+    kind: str
+    bound: float
+
+    @property
+    def ratio(self) -> float | None:
+        top, bottom = self.numerator[1], self.denominator[1]
+        if top is None or not bottom:
+            return None
+        return top / bottom
+
+    @property
+    def met(self) -> bool | None:
+        ratio = self.ratio
+        if ratio is None:
+            return None
+        return ratio <= self.bound if self.kind == "at most" else ratio >= self.bound
+
+
+@dataclass
+class Section:
+    """A report section of its own: tables with their own baseline, and goals."""
+
+    key: str
+    title: str
+    tables: list[Table] = field(default_factory=list)
+    goals: list[Goal] = field(default_factory=list)
+    #: facts for the JSON (the servers, the round trips)
+    extra: dict[str, Any] = field(default_factory=dict)

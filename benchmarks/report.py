@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .model import Column, Row, Table
-from .subjects import BASELINE
+from .model import Column, Goal, Row, Section, Table
+from .subjects import BASELINE, ROUND_TRIP
 
 #: for ratios ("2.4x" with a true multiplication sign) and ranges
 TIMES = "\N{MULTIPLICATION SIGN}"
 DASH = "\N{EN DASH}"
 
-__all__ = ["chart", "fmt_ratio", "fmt_time", "markdown", "to_json", "write"]
+__all__ = ["chart", "fmt_ratio", "fmt_time", "markdown", "section_json", "to_json", "write"]
 
 
 def _sig(value: float) -> str:
@@ -82,15 +83,15 @@ def _cell(table: Table, row: Row, column: Column) -> str:
     return f"{text} ({fmt_ratio(ratio)})" if ratio is not None else text
 
 
-def _table_md(table: Table) -> list[str]:
-    lines = [f"## {table.title}", ""]
+def _table_md(table: Table, level: int = 2) -> list[str]:
+    lines = [f"{'#' * level} {table.title}", ""]
     if table.note:
         lines += [table.note, ""]
     lines.append("| subject | " + " | ".join(c.header for c in table.columns) + " |")
     lines.append("| --- |" + " ---: |" * len(table.columns))
     notes = []
     for row in table.rows:
-        name = f"**{row.subject}**" if row.subject == BASELINE else row.subject
+        name = f"**{row.subject}**" if row.subject == table.baseline_subject else row.subject
         if row.measured:
             cells = [_cell(table, row, c) for c in table.columns]
             if row.status != "ok":
@@ -108,6 +109,85 @@ def _table_md(table: Table) -> list[str]:
     return lines
 
 
+def _short_version(text: str) -> str:
+    """``7.0.15`` from redis-server's and ``15.18`` from postgres's ``--version``."""
+    match = re.search(r"v=(\S+)", text) or re.search(r"\)\s+(\S+)", text)
+    return match.group(1) if match else text
+
+
+def _goal_md(goal: Goal) -> str:
+    bound = f"{goal.kind} {goal.bound:g}{TIMES}"
+    ratio = goal.ratio
+    top, bottom = goal.numerator, goal.denominator
+    if ratio is None:
+        missing = [what for what, value in (top, bottom) if not value]
+        return f"| {goal.text} | not measured ({bound}) | no figure for {', '.join(missing)} | — |"
+    figures = f"{top[0]} {fmt_time(top[1] or 0)} / {bottom[0]} {fmt_time(bottom[1] or 0)}"
+    met = "**yes**" if goal.met else "**NO**"
+    return f"| {goal.text} | {_sig(ratio)}{TIMES} ({bound}) | {figures} | {met} |"
+
+
+def _section_intro(section: Section) -> str:
+    extra = section.extra
+    servers = extra.get("servers", {})
+    redis, postgres = servers.get("redis", {}), servers.get("postgres", {})
+
+    def state(server: dict[str, Any], name: str, what: str) -> str:
+        if server.get("status") == "ok":
+            return f"{name} {_short_version(server.get('version', ''))} ({what})"
+        return f"no {name}: {server.get('detail') or server.get('status')}"
+
+    text = (
+        "Servers started by the suite for this run on loopback, each in a temporary folder: "
+        f"{state(redis, 'redis-server', 'no persistence')}, "
+        f"{state(postgres, 'PostgreSQL', 'fsync off')}. "
+        f"Ratios ({TIMES}) in this section are subject / **{ROUND_TRIP}** measured in the same run"
+    )
+    trips = extra.get("round_trips", {})
+    rtt = trips.get("redis")
+    if rtt:
+        text += (
+            f": redis-py's `ping()` on one connection, median of {rtt['count']:,.0f}: "
+            f"{fmt_time(rtt['median_ns'])} (p99 {fmt_time(rtt['p99_ns'])})."
+        )
+    else:
+        text += " (not measured in this run: no ratios)."
+    records = []
+    flock = extra.get("raw_flock_handoff", {})
+    if "median_ns" in flock:
+        record = (
+            f"{BASELINE}'s hand-off median {fmt_time(flock['median_ns'])}, p99 {fmt_time(flock['p99_ns'])}"
+        )
+        if rtt:
+            record += f" ({fmt_ratio(flock['median_ns'] / rtt['median_ns'])} {ROUND_TRIP})"
+        records.append(record)
+    pg = trips.get("postgres")
+    if pg:
+        records.append(
+            f"one PostgreSQL round trip (`SELECT 1`, psycopg, one connection) median "
+            f"{fmt_time(pg['median_ns'])}, p99 {fmt_time(pg['p99_ns'])}"
+        )
+    if records:
+        text += " For the record, in the same run: " + "; ".join(records) + "."
+    return text
+
+
+def _section_md(section: Section) -> list[str]:
+    lines = [f"## {section.title}", "", _section_intro(section), ""]
+    if section.goals:
+        lines += [
+            "### Targets",
+            "",
+            "| target | ratio (bound) | figures (hand-off medians) | met |",
+            "| --- | ---: | --- | :---: |",
+            *[_goal_md(goal) for goal in section.goals],
+            "",
+        ]
+    for table in section.tables:
+        lines += _table_md(table, level=3)
+    return lines
+
+
 def markdown(
     tables: Sequence[Table],
     facts: dict[str, Any],
@@ -116,6 +196,7 @@ def markdown(
     wall_s: float,
     failures: Sequence[str],
     problems: Sequence[str],
+    section: Section | None = None,
 ) -> str:
     installed = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
     missing = [k for k, v in packages.items() if not v]
@@ -128,11 +209,14 @@ def markdown(
         + ".",
         "",
         f"Ratios ({TIMES}) are subject / **{BASELINE}** measured in the same run: above 1{TIMES} "
-        f"a time is longer, below 1{TIMES} a rate is lower.",
+        f"a time is longer, below 1{TIMES} a rate is lower."
+        + (f" In *{section.title}*: subject / **{ROUND_TRIP}**." if section else ""),
         "",
     ]
     for table in tables:
         lines += _table_md(table)
+    if section:
+        lines += _section_md(section)
     if failures or problems:
         lines += ["## Problems", ""]
         lines += [f"- **FAILED** {f}" for f in failures]
@@ -157,17 +241,45 @@ def _row_json(table: Table, row: Row) -> dict[str, Any]:
     return data
 
 
-def to_json(tables: Sequence[Table], **top: Any) -> dict[str, Any]:
-    measurements = {
-        t.key: {
-            "title": t.title,
-            "note": t.note,
-            "columns": [{"key": c.key, "header": c.header, "kind": c.kind} for c in t.columns],
-            "rows": [_row_json(t, r) for r in t.rows],
-        }
-        for t in tables
+def _table_json(table: Table) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "title": table.title,
+        "note": table.note,
+        "columns": [{"key": c.key, "header": c.header, "kind": c.kind} for c in table.columns],
+        "rows": [_row_json(table, r) for r in table.rows],
     }
+    if table.baseline_subject != BASELINE:
+        data["baseline"] = table.baseline_subject
+    return data
+
+
+def to_json(tables: Sequence[Table], **top: Any) -> dict[str, Any]:
+    measurements = {t.key: _table_json(t) for t in tables}
     return {**top, "baseline": BASELINE, "measurements": measurements}
+
+
+def section_json(section: Section) -> dict[str, Any]:
+    """The JSON of a :class:`Section`: its facts, goals and tables."""
+    return {
+        "title": section.title,
+        "baseline": section.tables[0].baseline_subject if section.tables else None,
+        "note": _section_intro(section),
+        **section.extra,
+        "targets": [
+            {
+                "key": g.key,
+                "text": g.text,
+                "ratio": g.ratio,
+                "ratio_of": f"{g.numerator[0]} / {g.denominator[0]}",
+                "numerator_ns": g.numerator[1],
+                "denominator_ns": g.denominator[1],
+                "bound": f"{g.kind} {g.bound:g}",
+                "met": g.met,
+            }
+            for g in section.goals
+        ],
+        "measurements": {t.key: _table_json(t) for t in section.tables},
+    }
 
 
 def chart(tables: Sequence[Table], path: Path) -> bool:
@@ -190,7 +302,7 @@ def chart(tables: Sequence[Table], path: Path) -> bool:
         values = [r.values[key] / 1e3 for r in rows]
         colors = [
             "#444444"
-            if r.subject == BASELINE
+            if r.subject == table.baseline_subject
             else "#1f77b4"
             if r.subject.startswith("crosslock")
             else "#bbbbbb"
@@ -202,22 +314,33 @@ def chart(tables: Sequence[Table], path: Path) -> bool:
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlabel("µs (log scale)")
-        ax.set_title(table.title if key == "ns_per_pair" else "Hand-off latency, median")
+        if table.baseline_subject != BASELINE:
+            ax.set_title(f"Server backends: hand-off median\n(ratio: subject / {table.baseline_subject})")
+        else:
+            ax.set_title(table.title if key == "ns_per_pair" else "Hand-off latency, median")
         for y, row, value in zip(positions, rows, values, strict=True):
             ratio = table.ratio(row, table.columns[0])
             label = fmt_time(value * 1e3) + (f"  ({fmt_ratio(ratio)})" if ratio is not None else "")
             ax.text(value * 1.08, y, label, va="center", fontsize=8)
         ax.set_xlim(min(values) / 2, max(values) * 40)
         ax.grid(axis="x", which="major", alpha=0.3)
-    fig.suptitle(f"crosslock vs raw flock and peers (ratio: subject / {BASELINE})")
+    if all(t.baseline_subject == BASELINE for t, _ in panels):
+        fig.suptitle(f"crosslock vs raw flock and peers (ratio: subject / {BASELINE})")
+    else:
+        fig.suptitle("crosslock vs its baselines and peers (ratio: subject / the panel's dark bar)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
 
 
-def write(out: Path, text: str, data: dict[str, Any], tables: Sequence[Table]) -> list[Path]:
-    """Write latest.md, latest.json and (matplotlib permitting) latest.png into ``out``."""
+def write(
+    out: Path, text: str, data: dict[str, Any], tables: Sequence[Table], section: Section | None = None
+) -> list[Path]:
+    """Write latest.md, latest.json and (matplotlib permitting) latest.png into
+    ``out``; the chart shows ``section``'s first table (its hand-off) too."""
+    if section is not None:
+        tables = [*tables, *section.tables[:1]]
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "latest.md", out / "latest.json"]
     written[0].write_text(text, encoding="utf-8")

@@ -17,19 +17,37 @@ import importlib
 import importlib.metadata
 import multiprocessing
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import crosslock
 
-__all__ = ["BASELINE", "SUBJECTS", "Handle", "Subject", "available", "missing", "versions"]
+__all__ = [
+    "BASELINE",
+    "ROUND_TRIP",
+    "SERVER_SUBJECTS",
+    "SUBJECTS",
+    "Handle",
+    "ServerSubject",
+    "Subject",
+    "available",
+    "available_servers",
+    "missing",
+    "versions",
+]
 
 #: Every ratio in the report is subject / this subject, measured in the same run.
 BASELINE = "raw flock"
 
+#: The server tables' baseline: ratios there are subject / this row, measured in the same run.
+ROUND_TRIP = "one Redis round trip"
+
 #: Distributions whose versions the report records.
 PACKAGES = ("crosslock", "filelock", "portalocker", "fasteners", "matplotlib")
+#: ... and those of the server subjects, when they run.
+SERVER_PACKAGES = ("redis", "pottery", "python-redis-lock", "psycopg")
 
 
 class Handle(Protocol):
@@ -156,6 +174,114 @@ SUBJECTS: tuple[Subject, ...] = (
 )
 
 
+# -- server subjects: made from the server's URL and a lock name -----------------------
+
+
+@dataclass(frozen=True)
+class ServerSubject:
+    """A lock kept in a server; :meth:`bind` makes it a :class:`Subject` for one server."""
+
+    name: str
+    #: "redis" or "postgres"
+    server: str
+    #: (server URL, lock name) -> the lock
+    connect: Callable[[str, str], Handle]
+    requires: tuple[str, ...] = ()
+    inherit: bool = False
+    note: str = ""
+
+    def bind(self, url: str) -> Subject:
+        """The subject on the server at ``url``; its lock is named after the path it is given."""
+        make = functools.partial(_named, self.connect, url)
+        return Subject(self.name, make, self.requires, self.inherit, self.note)
+
+
+def _named(connect: Callable[[str, str], Handle], url: str, path: str) -> Handle:
+    return connect(url, "bench-" + os.path.basename(path))
+
+
+def _crosslock_redis(url: str, name: str) -> Handle:
+    return crosslock.Lock(name, backend=url, lease=10)
+
+
+def _crosslock_postgres(url: str, name: str) -> Handle:
+    return crosslock.Lock(name, backend=url)
+
+
+def _redis_client(url: str) -> Any:
+    return _module("redis").Redis.from_url(url)
+
+
+def _redis_py(url: str, name: str) -> Handle:
+    lock: Handle = _redis_client(url).lock(name)
+    return lock
+
+
+def _pottery(url: str, name: str) -> Handle:
+    lock: Handle = _module("pottery").Redlock(key=name, masters={_redis_client(url)})
+    return lock
+
+
+def _python_redis_lock(url: str, name: str) -> Handle:
+    lock: Handle = _module("redis_lock").Lock(_redis_client(url), name)
+    return lock
+
+
+def _portalocker_redis(url: str, name: str) -> Handle:
+    where = urllib.parse.urlsplit(url)
+    kwargs = {"host": where.hostname, "port": where.port}
+    lock: Handle = _module("portalocker.redis").RedisLock(name, redis_kwargs=kwargs, timeout=60)
+    return lock
+
+
+SERVER_SUBJECTS: tuple[ServerSubject, ...] = (
+    ServerSubject(
+        "crosslock redis",
+        "redis",
+        _crosslock_redis,
+        requires=("redis",),
+        inherit=True,
+        note='crosslock.Lock(name, backend="redis://...", lease=10)',
+    ),
+    ServerSubject(
+        "crosslock postgres",
+        "postgres",
+        _crosslock_postgres,
+        requires=("psycopg",),
+        inherit=True,
+        note='crosslock.Lock(name, backend="postgresql://...")',
+    ),
+    ServerSubject(
+        "redis-py Lock",
+        "redis",
+        _redis_py,
+        requires=("redis",),
+        note="redis.Redis(...).lock(name): redis.lock.Lock, polls every 0.1 s",
+    ),
+    ServerSubject(
+        "pottery Redlock",
+        "redis",
+        _pottery,
+        requires=("redis", "pottery"),
+        note="pottery.Redlock(key=name, masters={redis}): one master, retries after 0-0.2 s",
+    ),
+    ServerSubject(
+        "python-redis-lock",
+        "redis",
+        _python_redis_lock,
+        requires=("redis", "redis_lock"),
+        note="redis_lock.Lock(redis, name): waits in BLPOP on a signal list",
+    ),
+    ServerSubject(
+        "portalocker RedisLock",
+        "redis",
+        _portalocker_redis,
+        requires=("redis", "portalocker.redis"),
+        note="portalocker.redis.RedisLock(name, timeout=60): a pub/sub subscription, polls every 0.25 s",
+    ),
+)
+
+
 def missing(subject: Subject) -> str | None:
     """Why ``subject`` cannot run here (a module it needs does not import), or ``None``.
 
@@ -181,10 +307,28 @@ def available(wanted: list[str] | None = None) -> list[tuple[Subject, str | None
     return chosen
 
 
-def versions() -> dict[str, str | None]:
-    """Installed version of each package of interest (``None``: not installed)."""
+def available_servers(
+    urls: dict[str, str | None], wanted: list[str] | None = None
+) -> list[tuple[Subject, str | None]]:
+    """Each server subject (filtered as in :func:`available`) bound to its
+    server's URL in ``urls`` (``None``: the server is not running, and the
+    subject is skipped), with the reason it is skipped, if it is."""
+    chosen: list[tuple[Subject, str | None]] = []
+    for server_subject in SERVER_SUBJECTS:
+        if wanted and not any(w.lower() in server_subject.name.lower() for w in wanted):
+            continue
+        url = urls.get(server_subject.server)
+        subject = server_subject.bind(url or "")
+        why = missing(subject) or (None if url else f"no {server_subject.server} server")
+        chosen.append((subject, why))
+    return chosen
+
+
+def versions(servers: bool = False) -> dict[str, str | None]:
+    """Installed version of each package of interest (``None``: not installed);
+    with ``servers``, those of the server subjects' packages too."""
     found: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in PACKAGES + (SERVER_PACKAGES if servers else ()):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -6,21 +6,26 @@ from __future__ import annotations
 import importlib.util
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import measure, sandbox
-from .model import ERROR, FAILED, OK, SKIPPED, TIMED_OUT, Column, Row, Table
+from .model import ERROR, FAILED, OK, SKIPPED, TIMED_OUT, Column, Goal, Row, Section, Table
+from .report import TIMES
+from .servers import Servers
 from .stats import median
-from .subjects import BASELINE, Subject
+from .subjects import BASELINE, ROUND_TRIP, SUBJECTS, Subject
 
-__all__ = ["MEASUREMENTS", "MODES", "Config", "Suite"]
+__all__ = ["DEFAULT_MEASUREMENTS", "MEASUREMENTS", "MODES", "SERVER_MODES", "Config", "ServerConfig", "Suite"]
 
 #: Measurements in the order they run (``--measure`` picks some).
-MEASUREMENTS = ("uncontended", "handoff", "throughput", "imports", "memory")
+MEASUREMENTS = ("uncontended", "handoff", "throughput", "imports", "memory", "servers")
+#: What runs when ``--measure`` is not given: all but the opt-in server part
+#: (``--servers`` adds it).
+DEFAULT_MEASUREMENTS = MEASUREMENTS[:-1]
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,40 @@ MODES = {
     "smoke": Config("smoke", 2, 0.002, 6, 2.0, (2,), 0.05, 1, 200, 20.0),
 }
 
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The server part's own settings (hand-offs, durations and limits are the suite's)."""
+
+    #: Redis round trips (PINGs) timed for the server tables' baseline
+    pings: int
+    processes: tuple[int, ...]
+
+
+SERVER_MODES = {
+    "full": ServerConfig(1000, (2, 4)),
+    "quick": ServerConfig(1000, (2, 4)),
+    "smoke": ServerConfig(50, (2,)),
+}
+
+#: The issue's targets for crosslock's Redis backend.
+TARGET_OF_ROUND_TRIP = 3.0
+TARGET_OVER_REDIS_PY = 20.0
+
 IMPORTED = ("fcntl", "crosslock", "filelock", "portalocker", "fasteners")
+
+HANDOFF_COLUMNS = (
+    Column("median_ns", "hand-off median", "time", ratio=True),
+    Column("p99_ns", "hand-off p99", "time", ratio=True),
+    Column("cpu_ns_per_handoff", "waiter CPU per hand-off", "time", ratio=True),
+    Column("handoffs", "hand-offs", "count"),
+)
+THROUGHPUT_COLUMNS = (
+    Column("sections_per_s", "sections/s", "rate", ratio=True),
+    Column("wait_p99_ns", "wait p99", "time", ratio=True),
+    Column("wait_max_ns", "wait max", "time", ratio=True),
+    Column("per_process", "sections per process, min / max", "span"),
+)
 
 
 def _slug(name: str) -> str:
@@ -152,12 +190,7 @@ class Suite:
         table = Table(
             "handoff",
             "Hand-off latency",
-            (
-                Column("median_ns", "hand-off median", "time", ratio=True),
-                Column("p99_ns", "hand-off p99", "time", ratio=True),
-                Column("cpu_ns_per_handoff", "waiter CPU per hand-off", "time", ratio=True),
-                Column("handoffs", "hand-offs", "count"),
-            ),
+            HANDOFF_COLUMNS,
             self._rows(),
             note=(
                 "From the holder's release (its clock read just before) to the blocked waiter's "
@@ -167,15 +200,19 @@ class Suite:
                 "block. Waiter CPU: user + system time of the waiting process over its waits."
             ),
         )
-        for subject in self._runnable():
+        self._handoffs(table, self._runnable(), "hand-off")
+        return table
+
+    def _handoffs(self, table: Table, subjects: list[Subject], what: str) -> None:
+        n = self.config.handoffs
+        for subject in subjects:
             row = table.row(subject.name)
             path = self._path(subject, "h")
             body = partial(measure.handoff, subject, path, n, self.config.handoff_budget_s)
-            value = self._run(row, "hand-off", body)
+            value = self._run(row, what, body)
             if value is not None:
                 row.values = value
-                self.progress(f"hand-off: {subject.name}: median {value['median_ns'] / 1e3:.1f} µs")
-        return table
+                self.progress(f"{what}: {subject.name}: median {value['median_ns'] / 1e3:.1f} µs")
 
     # -- 3 and 4. throughput and fairness ------------------------------------------------
 
@@ -186,12 +223,7 @@ class Suite:
             table = Table(
                 f"throughput_p{processes}",
                 f"Contended throughput and fairness, {processes} processes",
-                (
-                    Column("sections_per_s", "sections/s", "rate", ratio=True),
-                    Column("wait_p99_ns", "wait p99", "time", ratio=True),
-                    Column("wait_max_ns", "wait max", "time", ratio=True),
-                    Column("per_process", "sections per process, min / max", "span"),
-                ),
+                THROUGHPUT_COLUMNS,
                 self._rows(),
                 note=(
                     f"{processes} processes start at a barrier and for {duration:g} s each run "
@@ -200,36 +232,37 @@ class Suite:
                     "the sections done."
                 ),
             )
-            for subject in self._runnable():
-                row = table.row(subject.name)
-                body = partial(
-                    measure.throughput,
-                    subject,
-                    self._path(subject, f"t{processes}"),
-                    self._path(subject, f"t{processes}-counter"),
-                    processes,
-                    duration,
-                )
-                value = self._run(row, f"throughput P={processes}", body)
-                if value is None:
-                    continue
-                row.values = {k: float(v) for k, v in value.items() if k != "per_process"}
-                row.extra["per_process"] = value["per_process"]
-                if value["counter"] != value["sections"]:
-                    lost = value["sections"] - value["counter"]
-                    row.status = FAILED
-                    row.detail = (
-                        f"lost updates: the counter reads {value['counter']} after "
-                        f"{value['sections']} sections ({lost} lost)"
-                    )
-                    message = f"throughput P={processes}: {subject.name}: {row.detail}"
-                    self.failures.append(message)
-                    self.progress(message)
-                self.progress(
-                    f"throughput P={processes}: {subject.name}: {value['sections_per_s']:,.0f} sections/s"
-                )
+            self._sections(table, self._runnable(), processes, f"throughput P={processes}")
             tables.append(table)
         return tables
+
+    def _sections(self, table: Table, subjects: list[Subject], processes: int, what: str) -> None:
+        for subject in subjects:
+            row = table.row(subject.name)
+            body = partial(
+                measure.throughput,
+                subject,
+                self._path(subject, f"t{processes}"),
+                self._path(subject, f"t{processes}-counter"),
+                processes,
+                self.config.duration_s,
+            )
+            value = self._run(row, what, body)
+            if value is None:
+                continue
+            row.values = {k: float(v) for k, v in value.items() if k != "per_process"}
+            row.extra["per_process"] = value["per_process"]
+            if value["counter"] != value["sections"]:
+                lost = value["sections"] - value["counter"]
+                row.status = FAILED
+                row.detail = (
+                    f"lost updates: the counter reads {value['counter']} after "
+                    f"{value['sections']} sections ({lost} lost)"
+                )
+                message = f"{what}: {subject.name}: {row.detail}"
+                self.failures.append(message)
+                self.progress(message)
+            self.progress(f"{what}: {subject.name}: {value['sections_per_s']:,.0f} sections/s")
 
     # -- 5. imports ----------------------------------------------------------------------
 
@@ -313,3 +346,128 @@ class Suite:
             table.rows.append(row)
         self.progress("memory: done")
         return table
+
+    # -- 7. server backends -----------------------------------------------------------
+
+    def servers(
+        self, servers: Servers, subjects: list[tuple[Subject, str | None]], config: ServerConfig
+    ) -> Section:
+        """The server part: one Redis round trip (the baseline of its tables),
+        raw flock's hand-off for the record, then hand-off and throughput of
+        the server subjects, and the targets."""
+        for server in (servers.redis, servers.postgres):
+            if server.status == "error":
+                self.failures.append(f"servers: {server.kind}: {server.detail}")
+            elif server.status == "missing":
+                self.problems.append(f"servers: {server.kind}: {server.detail}")
+        runnable = [s for s, why in subjects if why is None]
+        rows = [
+            Row(s.name) if why is None else Row(s.name, status=SKIPPED, detail=why) for s, why in subjects
+        ]
+
+        # One Redis round trip (and one PostgreSQL round trip, for the record).
+        trips = Row(ROUND_TRIP)
+        found: dict[str, dict[str, float]] | None = None
+        if servers.redis.ok:
+            pg_url = servers.postgres.url if servers.postgres.ok else None
+            body = partial(measure.round_trips, servers.redis.url, pg_url, config.pings)
+            found = self._run(trips, "servers: round trips", body)
+        else:
+            trips.status, trips.detail = SKIPPED, "no redis server"
+        rtt = found["redis"] if found else {}
+        if rtt:
+            self.progress(f"servers: one Redis round trip: median {rtt['median_ns'] / 1e3:.1f} µs")
+
+        # raw flock's hand-off in this run, for the record.
+        flock = Row(BASELINE)
+        self._handoffs(Table("", "", HANDOFF_COLUMNS, [flock]), [SUBJECTS[0]], "servers: hand-off")
+
+        n, budget = self.config.handoffs, self.config.handoff_budget_s
+        handoff = Table(
+            "servers_handoff",
+            "Hand-off latency",
+            HANDOFF_COLUMNS,
+            [_with(trips, {"median_ns": rtt.get("median_ns"), "p99_ns": rtt.get("p99_ns")})]
+            + [_copy(r) for r in rows],
+            note=(
+                f"From the holder's release (its clock read just before) to the blocked waiter's "
+                f"return from acquire, {n} hand-offs (fewer when they take over {budget:g} s) between "
+                f"two processes that swap roles; the holder releases {measure.SETTLE_S * 1e3:g} ms "
+                f"after the waiter said it is about to block. *{ROUND_TRIP}*: median and p99 of "
+                f"{config.pings:,} PINGs."
+            ),
+            baseline_subject=ROUND_TRIP,
+        )
+        self._handoffs(handoff, runnable, "servers: hand-off")
+        tables = [handoff]
+        rate = {
+            "sections_per_s": 1e9 / rtt["median_ns"],
+            "wait_p99_ns": rtt["p99_ns"],
+            "wait_max_ns": rtt["max_ns"],
+        } if rtt else {}  # fmt: skip
+        for processes in config.processes:
+            table = Table(
+                f"servers_throughput_p{processes}",
+                f"Contended throughput and fairness, {processes} processes",
+                THROUGHPUT_COLUMNS,
+                [_with(trips, rate)] + [_copy(r) for r in rows],
+                note=(
+                    f"{processes} processes start at a barrier and for {self.config.duration_s:g} s "
+                    "each run sections: under the lock, read a counter from a shared file, add 1, "
+                    "write it back (the counter must equal the sections done). "
+                    f"*{ROUND_TRIP}*: round trips per second, one after the other on one "
+                    "connection; the p99 and max of one."
+                ),
+                baseline_subject=ROUND_TRIP,
+            )
+            self._sections(table, runnable, processes, f"servers: throughput P={processes}")
+            tables.append(table)
+
+        def median_of(subject: str) -> float | None:
+            for row in handoff.rows:
+                if row.subject == subject and row.status == OK:
+                    return row.values.get("median_ns")
+            return None
+
+        mine = ("crosslock redis", median_of("crosslock redis"))
+        goals = [
+            Goal(
+                "crosslock_redis_vs_round_trip",
+                f"crosslock redis hand-off median within {TARGET_OF_ROUND_TRIP:g}{TIMES} of one Redis "
+                "round trip",
+                mine,
+                (ROUND_TRIP, rtt.get("median_ns")),
+                "at most",
+                TARGET_OF_ROUND_TRIP,
+            ),
+            Goal(
+                "crosslock_redis_vs_redis_py",
+                "crosslock redis hand-off median \N{GREATER-THAN OR EQUAL TO} "
+                f"{TARGET_OVER_REDIS_PY:g}{TIMES} faster than redis-py's default Lock",
+                ("redis-py Lock", median_of("redis-py Lock")),
+                mine,
+                "at least",
+                TARGET_OVER_REDIS_PY,
+            ),
+        ]
+        extra: dict[str, Any] = {
+            "servers": {
+                "redis": servers.redis.describe(),
+                "postgres": servers.postgres.describe(),
+            },
+            "round_trips": found or {},
+            "raw_flock_handoff": {"status": flock.status, "detail": flock.detail, **flock.values},
+            "config": {"pings": config.pings, "processes": list(config.processes)},
+        }
+        return Section("server_backends", "Server backends", tables, goals, extra)
+
+
+def _copy(row: Row) -> Row:
+    return Row(row.subject, row.status, row.detail)
+
+
+def _with(row: Row, values: Mapping[str, float | None]) -> Row:
+    """A copy of ``row`` with ``values`` (those measured)."""
+    copy = _copy(row)
+    copy.values = {k: v for k, v in values.items() if v is not None}
+    return copy
