@@ -101,7 +101,7 @@ def test_holder_exiting_without_release(make_lock: MakeLock, procs: Procs, how: 
             lock.acquire()
         assert not lock.held
     else:
-        assert lock.acquire(timeout=WAIT)  # the kernel freed it with the process
+        assert lock.acquire(timeout=WAIT)  # freed with the process (by the kernel, or the server)
         lock.release()
 
 
