@@ -230,12 +230,18 @@ class PostgresBackend(Backend):
         except psycopg.errors.LockNotAvailable:
             # The server ended the wait: on the advisory lock (nothing held),
             # or on the row after the grant -- so give back what may be held.
+            self._restore_timeout(conn, trying)
             conn.execute(f"SELECT pg_advisory_unlock{suffix}(%s)", (self._key,))
             return False
-        finally:
-            if not trying and not conn.broken:
-                conn.execute("SELECT set_config('lock_timeout', %s, false)", (_DEFAULT_LOCK_TIMEOUT,))
+        # (Anything else -- an interrupt, a lost connection -- propagates, and
+        # acquire() discards the session, which frees whatever it held.)
+        self._restore_timeout(conn, trying)
         return self._granted(row, shared)
+
+    @staticmethod
+    def _restore_timeout(conn: Any, trying: bool) -> None:
+        if not trying:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (_DEFAULT_LOCK_TIMEOUT,))
 
     def _granted(self, row: Any, shared: bool) -> bool:
         if row is None:

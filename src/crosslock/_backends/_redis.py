@@ -143,16 +143,24 @@ class RedisBackend(Backend):
         self._redis = _module()
         self._target = target
         self._lease_ms = max(1, int(target.lease * 1000))
-        self._client = _connect(target.url)
-        self._acquire_script = self._client.register_script(_ACQUIRE)
-        self._release_script = self._client.register_script(_RELEASE)
-        self._renew_script = self._client.register_script(_RENEW)
+        self._client: Any = None
+        self._ensure()
         self._lock_key, self._fence_key, self._info_key, self._channel = _keys(target.name)
         self._pubsub: Any = None
         self._owner: str | None = None
         self._token: int | None = None
         self._expires = 0.0
         self._lost = False
+
+    def _ensure(self) -> Any:
+        """The client, connected (again, in a forked child) with its scripts."""
+        if self._client is None:
+            client = _connect(self._target.url)
+            self._acquire_script = client.register_script(_ACQUIRE)
+            self._release_script = client.register_script(_RELEASE)
+            self._renew_script = client.register_script(_RENEW)
+            self._client = client
+        return self._client
 
     def _unreachable(self, exc: BaseException, doing: str) -> BackendUnavailable:
         return BackendUnavailable(
@@ -183,13 +191,14 @@ class RedisBackend(Backend):
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
         redis = self._redis
+        client = self._ensure()
         try:
             if not self._try():
                 return True
             if deadline is not None and deadline <= time.monotonic():
                 return False
             if self._pubsub is None:
-                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = client.pubsub(ignore_subscribe_messages=True)
                 self._pubsub.subscribe(self._channel)
             while self._pubsub.get_message(timeout=0.0) is not None:
                 pass  # stale releases
@@ -273,7 +282,7 @@ class RedisBackend(Backend):
 
     def locked(self) -> bool:
         try:
-            return bool(self._client.exists(self._lock_key))
+            return bool(self._ensure().exists(self._lock_key))
         except (self._redis.RedisError, OSError) as exc:
             raise self._unreachable(exc, "query") from None
 
@@ -283,7 +292,7 @@ class RedisBackend(Backend):
 
     def publish(self, since: float, details: dict[str, Any]) -> None:
         try:
-            raw = self._client.get(self._info_key)
+            raw = self._ensure().get(self._info_key)
             info = json.loads(raw) if raw else {}
             info.update(details)
             self._client.set(self._info_key, json.dumps(info), keepttl=True, xx=True)
@@ -293,16 +302,24 @@ class RedisBackend(Backend):
     # -- lifetime --------------------------------------------------------------
 
     def forget(self) -> None:
-        # redis-py's pool notices the new pid and does not reuse (or shut down)
-        # the parent's connections; the renewer thread did not survive the fork.
+        # In a forked child the inherited client and pub/sub objects may hold
+        # locks taken by parent threads at the fork, and their finalizers would
+        # wait on them: keep them alive, untouched, and connect afresh.
+        _orphans.extend(x for x in (self._pubsub, self._client) if x is not None)
         self._pubsub = None
+        self._client = None
         self._owner, self._token, self._lost = None, None, False
 
     def close(self) -> None:
         self._drop_pubsub()
         renewer().remove(id(self))
-        with contextlib.suppress(Exception):
-            self._client.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+
+#: Objects inherited across fork, kept so that no finalizer runs on them.
+_orphans: list[Any] = []
 
 
 def status(url: str, names: list[str]) -> list[dict[str, Any]]:
