@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,26 @@ from . import workers
 from .conftest import WAIT, Procs
 
 MakeLock = Callable[..., crosslock.Lock]
+
+
+@contextlib.contextmanager
+def held_by_another_thread(lock: crosslock.Lock) -> Iterator[threading.Event]:
+    """Hold ``lock`` in a helper thread for the block; set the yielded event to let go."""
+    acquired, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock:
+            acquired.set()
+            release.wait(WAIT)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert acquired.wait(WAIT)
+        yield release
+    finally:
+        release.set()
+        t.join(WAIT)
 
 
 # -- single thread ---------------------------------------------------------------------
@@ -137,18 +158,9 @@ def test_nonblocking_with_timeout_is_an_error(make_lock: MakeLock) -> None:
 def test_threads_exclude_each_other(make_lock: MakeLock) -> None:
     lock = make_lock("shared-name")
     other = make_lock("shared-name")
-    acquired, release, done = threading.Event(), threading.Event(), threading.Event()
+    done = threading.Event()
     results: list[Any] = []
-
-    def holder() -> None:
-        with lock:
-            acquired.set()
-            release.wait(WAIT)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert acquired.wait(WAIT)
+    with held_by_another_thread(lock) as release:
         results.append(other.acquire(blocking=False))
         results.append(other.acquire(timeout=0.05))
         results.append(lock.held)  # not this thread's hold
@@ -165,9 +177,6 @@ def test_threads_exclude_each_other(make_lock: MakeLock) -> None:
         release.set()  # the waiter is woken by this release
         assert done.wait(WAIT)
         w.join(WAIT)
-    finally:
-        release.set()
-        t.join(WAIT)
     assert results == [False, False, False, True]
 
 
@@ -245,18 +254,7 @@ def test_async_reentrant_per_task_and_decorator(make_lock: MakeLock) -> None:
 
 def test_async_timeout(make_lock: MakeLock) -> None:
     lock = make_lock(timeout=0.05)
-    release = threading.Event()
-    acquired = threading.Event()
-
-    def holder() -> None:
-        with lock:
-            acquired.set()
-            release.wait(WAIT)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert acquired.wait(WAIT)
+    with held_by_another_thread(lock):
 
         async def main() -> None:
             with pytest.raises(crosslock.Timeout):
@@ -264,37 +262,22 @@ def test_async_timeout(make_lock: MakeLock) -> None:
                     pass  # pragma: no cover - must not get here
 
         asyncio.run(main())
-    finally:
-        release.set()
-        t.join(WAIT)
     assert lock.acquire(timeout=WAIT)  # nothing left half-held
     lock.release()
 
 
 def test_decorator_timeout(make_lock: MakeLock) -> None:
     lock = make_lock(timeout=0)
-    release, acquired = threading.Event(), threading.Event()
 
     @lock
     def work() -> None:
         pass  # pragma: no cover - never runs
 
-    def holder() -> None:
-        with lock:
-            acquired.set()
-            release.wait(WAIT)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert acquired.wait(WAIT)
+    with held_by_another_thread(lock):
         with pytest.raises(crosslock.Timeout), lock:
             pass  # pragma: no cover
         with pytest.raises(TimeoutError):
             work()
-    finally:
-        release.set()
-        t.join(WAIT)
 
 
 # -- processes --------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ class Core:
             # it waits; one try of the backend, under the mutex.
             if self._mode == _FREE and not self._busy and not shared:
                 if self._try(False):
+                    # _grant(owner, False), inlined: this is the hot path.
                     self._mode = _EXCLUSIVE
                     self._owner = owner
                     self._depth = 1
