@@ -142,11 +142,12 @@ class MPBackend(Backend):
     def __init__(self, sem: Any, state: Any) -> None:
         self._sem = sem
         self._state = state
+        self._pid = os.getpid()  # a system call: read once (again after fork)
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
         sem, state = self._sem, self._state
         if sem.acquire(False):
-            state[_PID] = os.getpid()
+            state[_PID] = self._pid
             return True
         while True:
             if deadline is None:
@@ -156,7 +157,7 @@ class MPBackend(Backend):
                 if wait <= 0:
                     return False
             if sem.acquire(True, wait):
-                state[_PID] = os.getpid()
+                state[_PID] = self._pid
                 return True
             holder = state[_PID]
             if holder and not _alive(holder):
@@ -171,8 +172,11 @@ class MPBackend(Backend):
         self._sem.release()
 
     def cancel(self) -> None:
-        if self._state[_PID] == os.getpid():  # interrupted right after the grant
+        if self._state[_PID] == self._pid:  # interrupted right after the grant
             self.release()
+
+    def forget(self) -> None:
+        self._pid = os.getpid()  # the semaphore is shared; this process is new
 
     def locked(self) -> bool:
         if self._sem.acquire(False):
