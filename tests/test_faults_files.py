@@ -16,7 +16,7 @@ import pathlib
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -63,32 +63,6 @@ def _warm_up(backend: str) -> None:
             crosslock.Lock(os.path.join(folder, "missing", "w.lock"), backend=backend)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _in_child(target: Callable[..., Any], *args: Any, as_nobody: bool = False) -> Any:
-    """Run ``target(*args)`` in a forked child (as user nobody if asked); return
-    ``("ok", result)`` or ``(exception name, message)``. A child that hangs fails the test."""
-    result = FORK.Queue()
-
-    def child() -> None:
-        if as_nobody:
-            os.setgid(65534)
-            os.setuid(65534)
-        try:
-            result.put(("ok", target(*args)))
-        except BaseException as exc:
-            result.put((type(exc).__name__, str(exc)))
-
-    proc = FORK.Process(target=child, daemon=True)
-    proc.start()
-    try:
-        proc.join(WAIT)
-        assert not proc.is_alive(), "the child hangs"
-        return result.get(timeout=WAIT)
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
 
 
 def _use(path: str, backend: str) -> str:
@@ -218,7 +192,7 @@ def test_read_only_lock_file_used_by_nobody(open_dir: pathlib.Path, file_backend
     path.write_bytes(b"")
     os.chmod(path, 0o444)
     _warm_up(file_backend)
-    kind, seen = _in_child(_read_only_session, str(path), file_backend, as_nobody=True)
+    kind, seen = workers.in_child(_read_only_session, str(path), file_backend, as_nobody=True)
     assert kind == "ok", seen
     if file_backend == "filelock" and seen[0][1] == "PermissionError":
         # The filelock package needs write access to its lock file: a clear error
@@ -261,7 +235,7 @@ def test_planted_symlink_is_refused(sticky_dir: pathlib.Path, file_backend: str,
     path = sticky_dir / "x.lock"
     path.symlink_to(victim)
     _warm_up(file_backend)
-    kind, message = _in_child(_use, str(path), file_backend, as_nobody=user == "nobody")
+    kind, message = workers.in_child(_use, str(path), file_backend, as_nobody=user == "nobody")
     assert kind == "LockError", message
     assert "symlink" in message
     assert _snapshot(victim) == before
@@ -332,7 +306,7 @@ def _acquire_once(lock: crosslock.Lock) -> bool:
 def test_fifo_at_lock_path_fails_at_once(tmp_path: pathlib.Path, file_backend: str) -> None:
     path = tmp_path / "x.lock"
     os.mkfifo(path)
-    kind, message = _in_child(_construct, str(path), file_backend)  # bounded: a hang fails
+    kind, message = workers.in_child(_construct, str(path), file_backend)  # bounded: a hang fails
     assert kind == "LockError", message
     assert "FIFO" in message
     assert str(path) in message
@@ -345,7 +319,7 @@ def test_fifo_planted_between_holds_fails_at_once(tmp_path: pathlib.Path, file_b
         pass
     path.unlink()
     os.mkfifo(path)
-    kind, message = _in_child(_acquire_once, lock)  # bounded: a hang fails
+    kind, message = workers.in_child(_acquire_once, lock)  # bounded: a hang fails
     assert kind == "LockError", message
     assert "FIFO" in message
 
@@ -423,12 +397,12 @@ def test_default_dir_as_nobody(fresh_default: pathlib.Path, file_backend: str) -
     folder = fresh_default / "crosslock-65534"
     # Pre-created by root (someone else, for nobody): refused.
     folder.mkdir(mode=0o700)
-    kind, message = _in_child(_default_lock_name, file_backend, as_nobody=True)
+    kind, message = workers.in_child(_default_lock_name, file_backend, as_nobody=True)
     assert kind == "PermissionError", message
     assert "owned by uid 0" in message
     # Made by nobody itself: private and owned by nobody.
     folder.rmdir()
-    kind, name = _in_child(_default_lock_name, file_backend, as_nobody=True)
+    kind, name = workers.in_child(_default_lock_name, file_backend, as_nobody=True)
     assert kind == "ok", name
     assert name == str(folder / "mine.lock")
     st = os.lstat(folder)

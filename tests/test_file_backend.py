@@ -326,31 +326,6 @@ def open_dir() -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _as_nobody(target: Any, *args: Any) -> Any:
-    """Run ``target(*args)`` in a forked child as user nobody; return its result."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    result = ctx.Queue()
-
-    def child() -> None:
-        os.setgid(65534)
-        os.setuid(65534)
-        try:
-            result.put(("ok", target(*args)))
-        except BaseException as exc:
-            result.put((type(exc).__name__, str(exc)))
-
-    proc = ctx.Process(target=child, daemon=True)
-    proc.start()
-    try:
-        return result.get(timeout=WAIT)
-    finally:
-        proc.join(WAIT)
-        if proc.is_alive():
-            proc.kill()
-
-
 def _make(path: str) -> str:
     crosslock.Lock(path).acquire(timeout=0)
     return "acquired"
@@ -360,7 +335,7 @@ def _make(path: str) -> str:
 def test_unwritable_folder_as_unprivileged_user(open_dir: Any) -> None:
     folder = open_dir / "ro"
     folder.mkdir(mode=0o755)
-    kind, message = _as_nobody(_make, str(folder / "x.lock"))
+    kind, message = workers.in_child(_make, str(folder / "x.lock"), as_nobody=True)
     assert kind == "PermissionError"
     assert "no permission" in message
     assert str(folder) in message
@@ -371,9 +346,9 @@ def test_lock_file_of_another_user_still_locks(open_dir: Any) -> None:
     path = open_dir / "root.lock"
     path.write_bytes(b"")
     os.chmod(path, 0o644)
-    assert _as_nobody(_make, str(path)) == ("ok", "acquired")
+    assert workers.in_child(_make, str(path), as_nobody=True) == ("ok", "acquired")
     os.chmod(path, 0o600)
-    kind, message = _as_nobody(_make, str(path))
+    kind, message = workers.in_child(_make, str(path), as_nobody=True)
     assert kind == "PermissionError"
     assert str(path) in message
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import crosslock
@@ -53,6 +54,15 @@ def try_release(lock: crosslock.Lock, result: Any) -> None:
     result.put("released")
 
 
+def bump_counter(path: str) -> None:
+    """Add 1 to the decimal counter in the file at ``path`` (read, then rewrite)."""
+    with open(path, "r+") as f:
+        value = int(f.read() or "0")
+        f.seek(0)
+        f.write(str(value + 1))
+        f.truncate()
+
+
 def count_under_lock(lock: crosslock.Lock, counter_path: str, marker: str, holds: int, start: Any) -> None:
     """Increment a file counter ``holds`` times under the lock; fail on overlap."""
     start.wait(30)
@@ -60,11 +70,7 @@ def count_under_lock(lock: crosslock.Lock, counter_path: str, marker: str, holds
         with lock:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # overlap -> FileExistsError
             os.close(fd)
-            with open(counter_path, "r+") as f:
-                value = int(f.read() or "0")
-                f.seek(0)
-                f.write(str(value + 1))
-                f.truncate()
+            bump_counter(counter_path)
             os.unlink(marker)
 
 
@@ -89,14 +95,6 @@ def experiment(lock: crosslock.Lock | None, worker: int, out_path: str, barrier:
     finally:
         if lock is not None:
             lock.release()
-
-
-def print_lines(tag: str, lines: int, width: int, barrier: Any) -> None:
-    """Print ``lines`` long lines with crosslock.print, each in one call."""
-    barrier.wait(30)
-    for i in range(lines):
-        crosslock.print(f"{tag}{i:05d}" + tag * width)
-    sys.stdout.flush()
 
 
 def print_long_lines_to(target: str, how: str, tag: str, lines: int, width: int, barrier: Any) -> None:
@@ -197,11 +195,7 @@ def stress_worker(
                     overlaps[0] += 1
                     continue
                 os.close(fd)
-                with open(counter, "r+") as f:
-                    value = int(f.read() or "0")
-                    f.seek(0)
-                    f.write(str(value + 1))
-                    f.truncate()
+                bump_counter(counter)
                 os.unlink(marker)
 
     workers = [threading.Thread(target=run) for _ in range(threads)]
@@ -454,3 +448,32 @@ def server_client(url: str, name: str, options: dict[str, Any], conn: Any) -> No
                 conn.send(("error", "unknown command", repr(command)))
         except crosslock.LockError as exc:
             conn.send(("error", type(exc).__name__, str(exc)))
+
+
+def in_child(target: Callable[..., Any], *args: Any, as_nobody: bool = False) -> Any:
+    """Run ``target(*args)`` in a forked child (as user nobody if asked); return
+    ``("ok", result)`` or ``(exception name, message)``. A child that hangs fails the test."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    result = fork.Queue()
+
+    def child() -> None:
+        if as_nobody:
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            result.put(("ok", target(*args)))
+        except BaseException as exc:
+            result.put((type(exc).__name__, str(exc)))
+
+    proc = fork.Process(target=child, daemon=True)
+    proc.start()
+    try:
+        proc.join(30)
+        assert not proc.is_alive(), "the child hangs"
+        return result.get(timeout=30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)

@@ -217,9 +217,6 @@ class Core:
             return not self._backend.lost()
         return False
 
-    def held_by_any(self, owners: tuple[object, ...]) -> bool:
-        return any(self.held_by(o) for o in owners)
-
     def locked(self) -> bool:
         if self._mode != _FREE:
             return True
