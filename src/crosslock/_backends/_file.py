@@ -209,7 +209,9 @@ class FileBackend(Backend):
     def acquire(self, shared: bool, deadline: float | None) -> bool:
         # The common case, inlined: free, and no watched file changed.
         fd = self._fd
-        if fd >= 0 and _try_lock(fd, shared):
+        if fd >= 0:
+            if not _try_lock(fd, shared):
+                return self._acquire(shared, deadline, tried=True)
             watcher = self._watcher
             if watcher is not None:
                 count = watcher.count
@@ -218,9 +220,10 @@ class FileBackend(Backend):
                     return True
             if self._at_path():
                 return True
+            # The file moved: let it go; _acquire opens the one at the path now.
             _os.unlock(fd)
-            fd = -1  # the file moved: retry from the top
-        return self._acquire(shared, deadline, tried=fd >= 0)
+            self._drop_fd()
+        return self._acquire(shared, deadline)
 
     def wait(self, shared: bool, deadline: float | None) -> bool:
         return self._acquire(shared, deadline, tried=True)
