@@ -68,6 +68,28 @@ def _current_task() -> object | None:
     return task
 
 
+def run_under(func: Callable[P, Any], get_lock: Callable[[], Lock]) -> Callable[P, Any]:
+    """Wrap ``func`` (sync or async) so that each call runs under ``get_lock()``:
+    ``with`` for a plain function, ``async with`` for a coroutine function."""
+    import inspect  # only decorating needs it: keeps `import crosslock` light
+
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+            async with get_lock():
+                return await func(*args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(func)
+    def run(*args: P.args, **kwargs: P.kwargs) -> Any:
+        with get_lock():
+            return func(*args, **kwargs)
+
+    return run
+
+
 @final
 class Lock:
     """A lock that serializes threads and processes, over any backend.
@@ -326,23 +348,7 @@ class Lock:
 
         A call raises :class:`Timeout` when the lock's timeout passes.
         """
-        import inspect  # only decorating needs it: keeps `import crosslock` light
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                async with self:
-                    return await func(*args, **kwargs)
-
-            return run_async
-
-        @functools.wraps(func)
-        def run(*args: P.args, **kwargs: P.kwargs) -> Any:
-            with self:
-                return func(*args, **kwargs)
-
-        return run
+        return run_under(func, lambda: self)
 
     # -- extras used by the command line -----------------------------------------
 

@@ -16,7 +16,7 @@ from typing import IO, Any, TypeVar, overload
 
 from ._core import TRY
 from ._errors import Timeout
-from ._lock import Lock, check_timeout
+from ._lock import Lock, check_timeout, run_under
 
 __all__ = ["open", "print", "synchronized"]
 
@@ -64,33 +64,9 @@ def synchronized(name: Any = None, **lock_options: Any) -> Any:
                         created.append(Lock(lock_name, **lock_options))
             return created[0]
 
-        if _is_async(func):
-
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                async with get_lock():
-                    return await func(*args, **kwargs)
-
-            return _wraps(func, run_async)
-
-        def run(*args: Any, **kwargs: Any) -> Any:
-            with get_lock():
-                return func(*args, **kwargs)
-
-        return _wraps(func, run)
+        return run_under(func, get_lock)  # type: ignore[return-value]
 
     return decorate
-
-
-def _is_async(func: Callable[..., Any]) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(func)
-
-
-def _wraps(func: F, wrapper: Callable[..., Any]) -> F:
-    import functools
-
-    return functools.wraps(func)(wrapper)  # type: ignore[return-value]
 
 
 # -- print ------------------------------------------------------------------------
