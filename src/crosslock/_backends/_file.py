@@ -78,7 +78,12 @@ class FileTarget(Target):
         return FileBackend(self.path)
 
 
-def _identity(fd: int, path: str, lock_file: bool = True) -> tuple[int, int]:
+def identity(fd: int, path: str, lock_file: bool = True) -> tuple[int, int]:
+    """(device, inode) of the file open as ``fd``; a lock file must have one link.
+
+    Raises:
+        LockError: a lock file with more than one hard link.
+    """
     st = os.fstat(fd)
     if lock_file and st.st_nlink > 1:
         raise LockError(
@@ -168,7 +173,7 @@ class FileBackend(Backend):
     def _set_fd(self, fd: int) -> None:
         """Make ``fd`` the kept descriptor (identity checked, watched where possible)."""
         try:
-            ident = _identity(fd, self._path, self._lock_file)
+            ident = identity(fd, self._path, self._lock_file)
         except BaseException:
             os.close(fd)
             raise

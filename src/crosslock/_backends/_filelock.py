@@ -16,7 +16,7 @@ from typing import Any
 from .. import _record
 from .._errors import BackendUnavailable, LockError, LockLost
 from ._base import Backend
-from ._file import FileTarget
+from ._file import FileTarget, identity
 from ._native import native as _os
 
 __all__ = ["FilelockBackend", "FilelockTarget"]
@@ -33,13 +33,6 @@ def _filelock() -> Any:
             "the filelock backend needs the filelock package: pip install 'crosslock[filelock]'"
         ) from None
     return filelock
-
-
-def _linked(path: str, nlink: int) -> LockError:
-    return LockError(
-        f"lock file {path!r} has {nlink} hard links; a lock file must have one "
-        "(someone may have linked it to another file): remove it or choose another path"
-    )
 
 
 class FilelockTarget(FileTarget):
@@ -111,16 +104,14 @@ class FilelockBackend(Backend):
             st = os.lstat(self._path)
         except FileNotFoundError:
             st = None
-        current = os.fstat(self._fd)
-        if st is not None and (st.st_dev, st.st_ino) == (current.st_dev, current.st_ino):
-            if st.st_nlink > 1:
-                raise _linked(self._path, st.st_nlink)
-            return
+        if st is not None and (st.st_dev, st.st_ino) == identity(self._fd, self._path):
+            return  # still the file at the path, with one link
         fd = _os.open_lock_file(self._path)  # refuses symlinks, FIFOs, missing folders
-        nlink = os.fstat(fd).st_nlink
-        if nlink > 1:
+        try:
+            identity(fd, self._path)  # and hard links
+        except LockError:
             os.close(fd)
-            raise _linked(self._path, nlink)
+            raise
         os.close(self._fd)
         self._fd = fd
 
