@@ -231,7 +231,7 @@ def _status(args: argparse.Namespace) -> int:
     else:
         folder = default_dir()
         paths = sorted(glob.glob(os.path.join(glob.escape(folder), "*" + LOCK_SUFFIX)))
-    rows = [_describe(p, named=bool(args.names)) for p in paths]
+    rows = [_describe(p) for p in paths]
     return _print_status(rows, args.json, f"no locks in {default_dir()}")
 
 
@@ -264,7 +264,7 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, empty: str) -> int:
     return 0
 
 
-def _describe(path: str, named: bool) -> dict[str, Any]:
+def _describe(path: str) -> dict[str, Any]:
     from ._backends._native import native as os_mod
 
     folder = default_dir()

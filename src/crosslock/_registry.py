@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 from ._backends._base import Target
-from ._errors import BackendUnavailable
 
 __all__ = ["BACKENDS", "make_target"]
 
@@ -23,12 +22,12 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "multiprocessing": ("crosslock._backends._mp", "MPTarget"),
 }
 
-#: URL scheme -> (module, Target class, extra)
-SCHEMES: dict[str, tuple[str, str, str]] = {
-    "redis": ("crosslock._backends._redis", "RedisTarget", "redis"),
-    "rediss": ("crosslock._backends._redis", "RedisTarget", "redis"),
-    "postgresql": ("crosslock._backends._postgres", "PostgresTarget", "postgres"),
-    "postgres": ("crosslock._backends._postgres", "PostgresTarget", "postgres"),
+#: URL scheme -> (module, Target class)
+SCHEMES: dict[str, tuple[str, str]] = {
+    "redis": ("crosslock._backends._redis", "RedisTarget"),
+    "rediss": ("crosslock._backends._redis", "RedisTarget"),
+    "postgresql": ("crosslock._backends._postgres", "PostgresTarget"),
+    "postgres": ("crosslock._backends._postgres", "PostgresTarget"),
 }
 
 _CHOICES = "'file', 'filelock', 'multiprocessing', or a redis:// or postgresql:// URL"
@@ -49,21 +48,12 @@ def target_class(spec: str) -> type[Target]:
         scheme = spec.split("://", 1)[0].lower()
         if scheme not in SCHEMES:
             raise ValueError(f"unknown lock backend URL scheme {scheme!r} in {spec!r}; use {_CHOICES}")
-        module, cls, extra = SCHEMES[scheme]
+        module, cls = SCHEMES[scheme]
     elif spec in BACKENDS:
         module, cls = BACKENDS[spec]
-        extra = spec
     else:
         raise ValueError(f"unknown lock backend {spec!r}; use {_CHOICES}")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            raise BackendUnavailable(
-                f"the {extra} backend is not part of this version of crosslock; "
-                "use backend='file' (or 'filelock', 'multiprocessing') for now"
-            ) from None
-        raise
+    mod = importlib.import_module(module)  # optional packages: checked by the module
     found: type[Target] = getattr(mod, cls)
     return found
 
