@@ -18,6 +18,7 @@ from . import __version__, _record
 from ._errors import LockError, LockLost
 from ._lock import Lock, check_timeout
 from ._paths import LOCK_SUFFIX, default_dir, lock_path
+from ._registry import backend_spec
 
 EX_TEMPFAIL = 75
 
@@ -221,7 +222,7 @@ _FORWARDED = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIG
 
 
 def _status(args: argparse.Namespace) -> int:
-    spec = args.backend or os.environ.get("CROSSLOCK_BACKEND") or "file"
+    spec = backend_spec(args.backend)
     if "://" in spec:
         from ._backends._server import redact
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
 
 from ._backends._base import Target
 
-__all__ = ["BACKENDS", "make_target"]
+__all__ = ["BACKENDS", "SCHEMES", "backend_spec", "target_class"]
 
 #: backend name -> (module, Target class)
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -56,10 +55,3 @@ def target_class(spec: str) -> type[Target]:
     mod = importlib.import_module(module)  # optional packages: checked by the module
     found: type[Target] = getattr(mod, cls)
     return found
-
-
-def make_target(name: object, backend: object, options: dict[str, Any]) -> Target:
-    """Resolve ``Lock(name, backend=..., **options)`` into a Target."""
-    spec = backend_spec(backend)
-    cls = target_class(spec)
-    return cls.create(name, spec, options)
