@@ -261,7 +261,8 @@ class Lock:
         return self._core.locked()
 
     def __enter__(self) -> Lock:
-        if not self._core.acquire(_get_ident(), self._shared, _deadline(self._timeout)):
+        wait = self._timeout
+        if not self._core.acquire(_get_ident(), self._shared, None if wait is None else _deadline(wait)):
             raise self._timeout_error()
         return self
 

@@ -38,11 +38,11 @@ from .._paths import lock_path
 from . import _watch
 from ._base import Backend, Target, no_options
 from ._native import native as _os
-from ._watch import FIONREAD as _FIONREAD
-from ._watch import ioctl as _ioctl
 
-_try_lock = _os.try_lock
-_unlock = _os.unlock
+_flock = _os.flock
+_TRY_SH = _os.LOCK_SH | _os.LOCK_NB
+_TRY_EX = _os.LOCK_EX | _os.LOCK_NB
+_UN = _os.LOCK_UN
 
 __all__ = ["FileBackend", "FileTarget"]
 
@@ -215,14 +215,13 @@ class FileBackend(Backend):
         # The common case, inlined: free, and no watched file changed.
         fd = self._fd
         if fd >= 0:
-            if not _try_lock(fd, shared):
+            try:
+                _flock(fd, _TRY_SH if shared else _TRY_EX)
+            except BlockingIOError:
                 return self._acquire(shared, deadline, tried=True)
             watcher = self._watcher
-            if watcher is not None:
-                count = watcher.count
-                _ioctl(watcher.fd, _FIONREAD, count, True)
-                if not count[0] and not watcher.draining and not self._dirty:
-                    return True
+            if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
+                return True
             if self._at_path():
                 return True
             # The file moved: let it go; _acquire opens the one at the path now.
@@ -323,12 +322,11 @@ class FileBackend(Backend):
     def release(self) -> None:
         watcher = self._watcher
         if watcher is not None:
-            count = watcher.count
-            _ioctl(watcher.fd, _FIONREAD, count, True)
-            at_path = (not count[0] and not watcher.draining and not self._dirty) or self._at_path()
+            quiet = not watcher.queued(0, 1) and not watcher.draining and not self._dirty
+            at_path = quiet or self._at_path()
         else:
             at_path = self._at_path()
-        _unlock(self._fd)
+        _flock(self._fd, _UN)
         if not at_path:
             self._drop_fd()
             raise LockLost(
@@ -340,11 +338,9 @@ class FileBackend(Backend):
         """Whether the kept descriptor is still the file at the path."""
         watcher = self._watcher
         if watcher is not None and self._wds[0] >= 0:
-            # Is any event queued? One ioctl. Nothing queued, no drain under
-            # way and not marked: no watched file changed.
-            count = watcher.count
-            _ioctl(watcher.fd, _FIONREAD, count, True)
-            if count[0] == 0:
+            # Is any event queued? One system call. Nothing queued, no drain
+            # under way and not marked: no watched file changed.
+            if not watcher.queued(0, 1):
                 if not watcher.draining and not self._dirty:
                     return True
             else:

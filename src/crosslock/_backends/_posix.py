@@ -87,10 +87,12 @@ def _open_read_only(path: str) -> int:
         raise
 
 
-_flock = fcntl.flock
-_TRY_SH = fcntl.LOCK_SH | fcntl.LOCK_NB
-_TRY_EX = fcntl.LOCK_EX | fcntl.LOCK_NB
-_UN = fcntl.LOCK_UN
+#: ``flock(fd, op)``: the hot paths call it directly (no wrapper frame).
+flock = _flock = fcntl.flock
+LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+_TRY_SH = LOCK_SH | LOCK_NB
+_TRY_EX = LOCK_EX | LOCK_NB
+_UN = LOCK_UN
 
 
 def try_lock(fd: int, shared: bool) -> bool:

@@ -109,6 +109,22 @@ def open_lock_file(path: str) -> int:
     return fd
 
 
+#: flock(2)'s operations, for :func:`flock`.
+LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = 1, 2, 4, 8
+
+
+def flock(fd: int, op: int) -> None:
+    """flock(2) on the lock byte: raises BlockingIOError when ``LOCK_NB`` cannot lock."""
+    if op & LOCK_UN:
+        _unlock_byte(fd)
+        return
+    flags = (0 if op & LOCK_SH else _LOCKFILE_EXCLUSIVE_LOCK) | (
+        _LOCKFILE_FAIL_IMMEDIATELY if op & LOCK_NB else 0
+    )
+    if not _lock_byte(fd, flags):
+        raise BlockingIOError(errno.EWOULDBLOCK, "the lock is held")
+
+
 def try_lock(fd: int, shared: bool) -> bool:
     flags = _LOCKFILE_FAIL_IMMEDIATELY | (0 if shared else _LOCKFILE_EXCLUSIVE_LOCK)
     return _lock_byte(fd, flags)
