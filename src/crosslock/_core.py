@@ -144,12 +144,16 @@ class Core:
             self._backend.cancel()
             raise
         finally:
-            with self._mutex:
+            mutex = self._mutex
+            mutex.acquire()
+            try:
                 self._busy = False
                 if granted:
                     self._grant(owner, shared)
                 if self._waiting:
                     self._cond.notify_all()
+            finally:
+                mutex.release()
         return granted
 
     def _try(self, shared: bool) -> bool:
@@ -207,12 +211,14 @@ class Core:
                 del self._readers[owner]
                 if self._readers:
                     return
-            self._mode = _FREE
-            self._token = None
-            _held.discard(self)
+            # Give the lock up first (the others wait for that), then tidy up:
+            # nobody of this process sees the state in between (mutex).
             try:
                 self._backend.release()
             finally:
+                self._mode = _FREE
+                self._token = None
+                _held.discard(self)
                 if self._waiting:
                     self._cond.notify_all()
         finally:

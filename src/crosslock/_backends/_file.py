@@ -240,7 +240,7 @@ class FileBackend(Backend):
             if tried or not _os.try_lock(self._fd, shared):
                 tried = False
                 if deadline is None:
-                    _os.lock(self._fd, shared)
+                    _flock(self._fd, _os.LOCK_SH if shared else _os.LOCK_EX)
                 elif deadline <= time.monotonic() or not self._wait_in_helper(shared, deadline):
                     return False
             if self._at_path():
