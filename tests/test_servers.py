@@ -636,6 +636,87 @@ def test_timed_out_waiter_never_holds_later(url: str, name: str, procs: Procs) -
 
 
 @contextlib.contextmanager
+def redis_queue_pushes(url: str, name: str) -> Iterator[Any]:
+    """Yield ``await_push()``, which returns once a waiter has queued up for Redis lock
+    ``name`` (a keyspace event, pushed by the server: no polling)."""
+    import redis
+
+    admin = redis.Redis.from_url(url)
+    admin.config_set("notify-keyspace-events", "Kl")
+    db = admin.connection_pool.connection_kwargs.get("db", 0)
+    events = admin.pubsub(ignore_subscribe_messages=True)
+    events.subscribe(f"__keyspace@{db}__:crosslock:{{{name}}}:queue")
+
+    def await_push() -> None:
+        deadline = time.monotonic() + WAIT
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "no waiter queued up in time"
+            message = events.get_message(timeout=left)
+            if message is not None and message["data"] == b"rpush":
+                return
+
+    try:
+        yield await_push
+    finally:
+        events.close()
+        admin.close()
+
+
+def test_redis_release_hands_over_in_queue_order(redis_server: RedisServer, name: str, procs: Procs) -> None:
+    """A release hands the lock to the first waiter in the queue, with a larger token;
+    a later waiter comes next (a waiter served out of order would block this test)."""
+    url = redis_server.url
+    lock = crosslock.Lock(name, backend=url, lease=LEASE)
+    assert lock.acquire(timeout=WAIT)
+    token = lock.token
+    assert token is not None
+    first = Client(procs, url, name, lease=LEASE)
+    second = Client(procs, url, name, lease=LEASE)
+    with redis_queue_pushes(url, name) as await_push:
+        first.start_acquire(None)
+        await_push()
+        second.start_acquire(None)
+        await_push()
+    lock.release()
+    _, got, first_token, held = first.recv()
+    assert got and held
+    assert first_token is not None and first_token > token
+    assert not lock.acquire(timeout=0)
+    assert first.ask("release") == ("released", False)
+    _, got, second_token, held = second.recv()
+    assert got and held
+    assert second_token is not None and second_token > first_token
+    assert second.ask("release") == ("released", False)
+    assert lock.acquire(timeout=0)
+    lock.release()
+    first.exit()
+    second.exit()
+
+
+def test_redis_killed_waiter_in_the_queue_delays_by_its_lease_at_most(
+    redis_server: RedisServer, name: str, procs: Procs
+) -> None:
+    """A waiter killed while queued may be handed the lock (its queue entry lives a
+    little longer than it); that hold ends with its lease and the next waiter gets it."""
+    url = redis_server.url
+    lock = crosslock.Lock(name, backend=url, lease=LEASE)
+    assert lock.acquire(timeout=WAIT)
+    doomed = Client(procs, url, name, lease=LEASE)
+    with redis_queue_pushes(url, name) as await_push:
+        doomed.start_acquire(None)
+        await_push()
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.proc.join(WAIT)
+    lock.release()
+    survivor = Client(procs, url, name, lease=LEASE)
+    _, got, _, held = survivor.acquire(WAIT)
+    assert got and held
+    assert survivor.ask("release") == ("released", False)
+    survivor.exit()
+
+
+@contextlib.contextmanager
 def row_locked(url: str, name: str) -> Iterator[None]:
     """Another transaction holds the lock's row in crosslock's table (as a maintenance job
     on the table would, or, for an instant, another process's grant)."""

@@ -41,8 +41,17 @@ SAFETY_RECHECK = 1.0
 #: Longest a single command may take before the server counts as unreachable.
 SOCKET_TIMEOUT = 5.0
 
-_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+# Every script but _RENEW gets the same keys: KEYS[1] the lock (its value:
+# the holder's owner id), KEYS[2] the fencing counter, KEYS[3] the holder's
+# details, KEYS[4] the set of lock names, KEYS[5] the queue of waiting owner
+# ids, KEYS[6] the channel, KEYS[7] the caller's own queue entry; and the
+# same arguments: ARGV[1] the caller's owner id, ARGV[2] its lease (ms),
+# ARGV[3] its details (JSON without the closing brace), ARGV[4] the lock's
+# name, ARGV[5] how long a queue entry lives unrefreshed (ms; "0": do not
+# queue), ARGV[6] the prefix of queue entries' keys.
+_FUNCTIONS = """
+local function grant(owner, lease, info)
+  redis.call('SET', KEYS[1], owner, 'PX', lease)
   local token = redis.call('INCR', KEYS[2])
   -- A server restarted without persistence forgot the counter: never go
   -- below the server's clock in microseconds, which only grows.
@@ -50,23 +59,92 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
   if token < floor then
     token = floor
-    redis.call('SET', KEYS[2], token)
+    redis.call('SET', KEYS[2], string.format('%d', token))
   end
-  redis.call('SET', KEYS[3], ARGV[3] .. ',"token":' .. string.format('%d', token) .. '}', 'PX', ARGV[2])
-  redis.call('SADD', KEYS[4], ARGV[4])
+  redis.call('SET', KEYS[3], info .. ',"token":' .. string.format('%d', token) .. '}', 'PX', lease)
   return token
+end
+
+-- The caller gives the lock up: hand it to the first live waiter in the
+-- queue (one whose entry still exists), or free it when nobody waits.
+local function pass_on()
+  while true do
+    local nxt = redis.call('LPOP', KEYS[5])
+    if not nxt then
+      redis.call('DEL', KEYS[1], KEYS[3])
+      redis.call('PUBLISH', KEYS[6], 'released')
+      return
+    end
+    local entry = ARGV[6] .. nxt
+    local waiter = redis.call('GET', entry)
+    if waiter then
+      redis.call('DEL', entry)
+      local sep = string.find(waiter, '|', 1, true)
+      local token = grant(nxt, string.sub(waiter, 1, sep - 1), string.sub(waiter, sep + 1))
+      redis.call('PUBLISH', KEYS[6], nxt .. ' ' .. string.format('%d', token))
+      return
+    end
+  end
+end
+"""
+
+_ACQUIRE = (
+    _FUNCTIONS
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  -- handed over to us while we were not listening: the lease starts anew now
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  local info = redis.call('GET', KEYS[3]) or ''
+  return tonumber(string.match(info, '"token":(%d+)}$') or '0')
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local token = grant(ARGV[1], ARGV[2], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[4])
+  if ARGV[5] ~= '0' then
+    redis.call('LREM', KEYS[5], 0, ARGV[1])
+    redis.call('DEL', KEYS[7])
+  end
+  return token
+end
+if ARGV[5] ~= '0' then
+  -- queue up (once), and say we are alive for ARGV[5] ms more
+  if redis.call('EXISTS', KEYS[7]) == 0 then
+    redis.call('RPUSH', KEYS[5], ARGV[1])
+  end
+  redis.call('SET', KEYS[7], ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[5])
+  redis.call('SADD', KEYS[4], ARGV[4])
+  redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[5]) + tonumber(ARGV[2]))
 end
 return -1 - redis.call('PTTL', KEYS[1])
 """
+)
 
-_RELEASE = """
+_RELEASE = (
+    _FUNCTIONS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+pass_on()
+return 1
+"""
+)
+
+# A waiter gives up: leave the queue; if the lock was handed to it meanwhile,
+# pass it on at once.
+_WITHDRAW = (
+    _FUNCTIONS
+    + """
+redis.call('LREM', KEYS[5], 0, ARGV[1])
+redis.call('DEL', KEYS[7])
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('PUBLISH', KEYS[3], 'released')
+  pass_on()
   return 1
 end
 return 0
 """
+)
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -90,9 +168,18 @@ def _module() -> Any:
     return redis
 
 
-def _keys(name: str) -> tuple[str, str, str, str]:
-    base = f"crosslock:{{{name}}}"  # one hash slot for all keys of a lock
-    return f"{base}:lock", f"{base}:fence", f"{base}:info", f"{base}:released"
+class _Keys:
+    """The keys of one lock (in one hash slot) and its channel."""
+
+    def __init__(self, name: str) -> None:
+        base = f"crosslock:{{{name}}}"  # one hash slot for all keys of a lock
+        self.lock, self.fence, self.info = f"{base}:lock", f"{base}:fence", f"{base}:info"
+        self.queue, self.channel = f"{base}:queue", f"{base}:released"
+        #: a waiter's queue entry is this prefix + its owner id
+        self.entry = f"{base}:waiter:"
+
+    def for_scripts(self, owner: str) -> list[str]:
+        return [self.lock, self.fence, self.info, _NAMES, self.queue, self.channel, self.entry + owner]
 
 
 def _connect(url: str) -> Any:
@@ -143,11 +230,18 @@ class RedisBackend(Backend):
         self._redis = _module()
         self._target = target
         self._lease_ms = max(1, int(target.lease * 1000))
+        # A waiter re-checks (and says it is alive) this often, so a lost
+        # message only delays it and a hand-over it hears of is fresh.
+        self._recheck = min(SAFETY_RECHECK, target.lease / 4)
+        # How long a waiter's queue entry lives unrefreshed: the releases
+        # after that skip a waiter that died.
+        self._entry_ms = max(1, int((2 * self._recheck + 0.5) * 1000))
         self._client: Any = None
         self._ensure()
-        self._lock_key, self._fence_key, self._info_key, self._channel = _keys(target.name)
+        self._keys = _Keys(target.name)
         self._pubsub: Any = None
         self._owner: str | None = None
+        self._waiter: str | None = None  # our owner id while queued
         self._token: int | None = None
         self._expires = 0.0
         self._lost = False
@@ -158,6 +252,7 @@ class RedisBackend(Backend):
             client = _connect(self._target.url)
             self._acquire_script = client.register_script(_ACQUIRE)
             self._release_script = client.register_script(_RELEASE)
+            self._withdraw_script = client.register_script(_WITHDRAW)
             self._renew_script = client.register_script(_RENEW)
             self._client = client
         return self._client
@@ -168,54 +263,107 @@ class RedisBackend(Backend):
             f"{self._target.name!r} ({exc}); start the server or fix the URL"
         )
 
-    # -- acquire ---------------------------------------------------------------
+    def _run(self, script: Any, owner: str, queue: bool = False) -> int:
+        """Run one of the scripts for ``owner`` (see the key layout above)."""
+        info = ""
+        if script is self._acquire_script:
+            info = json.dumps({"pid": os.getpid(), "host": _record.host(), "since": time.time()})[:-1]
+        args = [
+            owner,
+            self._lease_ms,
+            info,
+            self._target.name,
+            self._entry_ms if queue else 0,
+            self._keys.entry,
+        ]
+        return int(script(keys=self._keys.for_scripts(owner), args=args))
 
-    def _try(self) -> float:
-        """One atomic attempt: 0.0 when granted, else the holder's remaining lease (s)."""
-        owner = uuid.uuid4().hex
-        info = json.dumps({"pid": os.getpid(), "host": _record.host(), "since": time.time()})[:-1]
-        started = time.monotonic()
-        result = int(
-            self._acquire_script(
-                keys=[self._lock_key, self._fence_key, self._info_key, _NAMES],
-                args=[owner, self._lease_ms, info, self._target.name],
-            )
-        )
-        if result > 0:
-            self._owner, self._token, self._lost = owner, result, False
-            self._expires = started + self._target.lease
-            renewer().add(id(self), started + self._target.lease / 3, self._renew_for(owner))
-            return 0.0
-        remaining_ms = -1 - result  # the holder's PTTL: -1 none, -2 gone
-        return remaining_ms / 1000 if remaining_ms >= 0 else SAFETY_RECHECK
+    def _granted(self, owner: str, token: int, started: float) -> None:
+        """Hold from now on; the lease began no earlier than ``started``."""
+        self._owner, self._token, self._lost = owner, token, False
+        self._expires = started + self._target.lease
+        renewer().add(id(self), started + self._target.lease / 3, self._renew_for(owner))
+
+    # -- acquire ---------------------------------------------------------------
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
         redis = self._redis
         client = self._ensure()
         try:
-            if not self._try():
+            owner = uuid.uuid4().hex
+            started = time.monotonic()
+            token = self._run(self._acquire_script, owner)
+            if token > 0:
+                self._granted(owner, token, started)
                 return True
             if deadline is not None and deadline <= time.monotonic():
                 return False
             if self._pubsub is None:
                 self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-                self._pubsub.subscribe(self._channel)
+                self._pubsub.subscribe(self._keys.channel)
             while self._pubsub.get_message(timeout=0.0) is not None:
-                pass  # stale releases
-            while True:
-                lease_left = self._try()  # subscribed first: no release is missed
-                if not lease_left:
-                    return True
-                wait = min(lease_left + 0.001, SAFETY_RECHECK)
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    wait = min(wait, remaining)
-                self._pubsub.get_message(timeout=wait)
+                pass  # stale messages
+            self._waiter = owner
+            try:
+                granted = self._wait(owner, deadline)
+            except BaseException:
+                self._withdraw()
+                raise
+            if not granted:
+                self._withdraw()  # gave up: leave the queue, pass on a late hand-over
+            self._waiter = None
+            return granted
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_pubsub()
             raise self._unreachable(exc, "acquire") from None
+
+    def _wait(self, owner: str, deadline: float | None) -> bool:
+        """Queue up and wait until a release hands the lock over (or frees it)."""
+        mine = owner.encode() + b" "
+        while True:
+            checked = time.monotonic()
+            result = self._run(self._acquire_script, owner, queue=True)  # subscribed first
+            if result > 0:
+                self._granted(owner, result, checked)
+                return True
+            lease_left = (-1 - result) / 1000 if result <= -1 else self._recheck
+            recheck_at = checked + min(lease_left + 0.001, self._recheck)
+            while True:
+                now = time.monotonic()
+                wait = recheck_at - now
+                if deadline is not None:
+                    if deadline <= now:
+                        return False
+                    wait = min(wait, deadline - now)
+                if wait <= 0:
+                    break
+                message = self._pubsub.get_message(timeout=wait)
+                if message is None:
+                    continue
+                data = message["data"]
+                if data.startswith(mine):
+                    # Handed over by the release, token and all: no round trip.
+                    # The lease began after our last check of the queue.
+                    if time.monotonic() - checked > self._target.lease / 2:
+                        break  # we were stalled: ask the server instead
+                    self._granted(owner, int(data[len(mine) :]), checked)
+                    return True
+                if data == b"released":
+                    break  # freed with nobody queued: try again now
+                # Handed to another waiter: keep waiting.
+
+    def _withdraw(self) -> None:
+        """Leave the queue; pass on a hand-over that came too late."""
+        owner, self._waiter = self._waiter, None
+        if owner is not None:
+            with contextlib.suppress(Exception):  # unreachable: the entry expires by itself
+                self._run(self._withdraw_script, owner)
+
+    def cancel(self) -> None:
+        self._withdraw()
+        if self._owner is not None:  # interrupted right after a grant
+            with contextlib.suppress(Exception):
+                self.release()
 
     def _drop_pubsub(self) -> None:
         if self._pubsub is not None:
@@ -231,7 +379,7 @@ class RedisBackend(Backend):
                 return None  # released meanwhile
             started = time.monotonic()
             try:
-                ok = self._renew_script(keys=[self._lock_key, self._info_key], args=[owner, self._lease_ms])
+                ok = self._renew_script(keys=[self._keys.lock, self._keys.info], args=[owner, self._lease_ms])
             except Exception:
                 if self._owner == owner and time.monotonic() >= self._expires:
                     self._lost = True  # could not renew before the lease ran out
@@ -257,9 +405,8 @@ class RedisBackend(Backend):
         self._owner, self._token = None, None
         renewer().remove(id(self))
         try:
-            released = self._release_script(
-                keys=[self._lock_key, self._info_key, self._channel], args=[owner]
-            )
+            assert owner is not None
+            released = self._run(self._release_script, owner)
         except (self._redis.RedisError, OSError) as exc:
             if lost:
                 raise self._lost_error() from None
@@ -282,7 +429,7 @@ class RedisBackend(Backend):
 
     def locked(self) -> bool:
         try:
-            return bool(self._ensure().exists(self._lock_key))
+            return bool(self._ensure().exists(self._keys.lock))
         except (self._redis.RedisError, OSError) as exc:
             raise self._unreachable(exc, "query") from None
 
@@ -292,10 +439,10 @@ class RedisBackend(Backend):
 
     def publish(self, since: float, details: dict[str, Any]) -> None:
         try:
-            raw = self._ensure().get(self._info_key)
+            raw = self._ensure().get(self._keys.info)
             info = json.loads(raw) if raw else {}
             info.update(details)
-            self._client.set(self._info_key, json.dumps(info), keepttl=True, xx=True)
+            self._client.set(self._keys.info, json.dumps(info), keepttl=True, xx=True)
         except (self._redis.RedisError, OSError, ValueError):
             pass  # holder details are a courtesy
 
@@ -308,7 +455,7 @@ class RedisBackend(Backend):
         _orphans.extend(x for x in (self._pubsub, self._client) if x is not None)
         self._pubsub = None
         self._client = None
-        self._owner, self._token, self._lost = None, None, False
+        self._owner, self._token, self._lost, self._waiter = None, None, False, None
 
     def close(self) -> None:
         self._drop_pubsub()
@@ -329,8 +476,9 @@ def status(url: str, names: list[str]) -> list[dict[str, Any]]:
         names = sorted(n.decode() if isinstance(n, bytes) else n for n in client.smembers(_NAMES))
     rows = []
     for name in names:
-        lock_key, _fence, info_key, _channel = _keys(name)
-        raw = client.get(info_key) if client.exists(lock_key) else None
+        keys = _Keys(name)
+        lock_key = keys.lock
+        raw = client.get(keys.info) if client.exists(lock_key) else None
         info = json.loads(raw) if raw else {}
         rows.append(
             {
