@@ -680,13 +680,17 @@ def test_redis_release_hands_over_in_queue_order(redis_server: RedisServer, name
         await_push()
     lock.release()
     _, got, first_token, held = first.recv()
-    assert got and held
-    assert first_token is not None and first_token > token
+    assert got
+    assert held
+    assert first_token is not None
+    assert first_token > token
     assert not lock.acquire(timeout=0)
     assert first.ask("release") == ("released", False)
     _, got, second_token, held = second.recv()
-    assert got and held
-    assert second_token is not None and second_token > first_token
+    assert got
+    assert held
+    assert second_token is not None
+    assert second_token > first_token
     assert second.ask("release") == ("released", False)
     assert lock.acquire(timeout=0)
     lock.release()
@@ -711,7 +715,8 @@ def test_redis_killed_waiter_in_the_queue_delays_by_its_lease_at_most(
     lock.release()
     survivor = Client(procs, url, name, lease=LEASE)
     _, got, _, held = survivor.acquire(WAIT)
-    assert got and held
+    assert got
+    assert held
     assert survivor.ask("release") == ("released", False)
     survivor.exit()
 

@@ -82,7 +82,8 @@ class Core:
         mutex = self._mutex
         mutex.acquire()
         try:
-            if self._mode == _FREE and not self._busy and not shared:
+            common = self._mode == _FREE and not self._busy and not shared
+            if common:
                 try:  # self._try(False), inlined
                     granted = self._backend.acquire(False, TRY)
                 except BaseException:
@@ -99,14 +100,15 @@ class Core:
                     return True
                 if deadline is not None and deadline <= _monotonic():
                     return False
-                tried = True
-            else:
-                tried = False
+                # Held elsewhere: this thread waits in the backend for the process.
+                self._busy = True
         finally:
             mutex.release()
-        return self._acquire(owner, shared, deadline, tried)
+        if common:
+            return self._wait_in_backend(owner, shared, deadline)
+        return self._acquire(owner, shared, deadline)
 
-    def _acquire(self, owner: object, shared: bool, deadline: float | None, tried: bool = False) -> bool:
+    def _acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
         with self._mutex:
             if self._owner == owner:
                 self._depth += 1
@@ -127,15 +129,17 @@ class Core:
                     return True
                 if not self._wait(deadline):
                     return False
-                tried = False
-            if not tried:
-                # The process holds nothing: one quick try, still under the mutex.
-                if self._try(shared):
-                    self._grant(owner, shared)
-                    return True
-                if deadline is not None and deadline <= time.monotonic():
-                    return False
+            # The process holds nothing: one quick try, still under the mutex.
+            if self._try(shared):
+                self._grant(owner, shared)
+                return True
+            if deadline is not None and deadline <= time.monotonic():
+                return False
             self._busy = True
+        return self._wait_in_backend(owner, shared, deadline)
+
+    def _wait_in_backend(self, owner: object, shared: bool, deadline: float | None) -> bool:
+        """Wait for the lock in the backend, for the whole process (``_busy`` is set)."""
         granted = False
         try:
             granted = self._backend.wait(shared, deadline)

@@ -218,6 +218,8 @@ class FileBackend(Backend):
             try:
                 _flock(fd, _TRY_SH if shared else _TRY_EX)
             except BlockingIOError:
+                if deadline is not None and deadline <= time.monotonic():
+                    return False  # a try: the caller decides whether to wait
                 return self._acquire(shared, deadline, tried=True)
             watcher = self._watcher
             if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
