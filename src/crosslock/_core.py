@@ -20,12 +20,12 @@ import threading
 import time
 import weakref
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ._backends._base import Backend, Target
 from ._errors import LockError, NotHeldError
 
-__all__ = ["TRY", "Core", "get_core"]
+__all__ = ["TRY", "AnyCore", "Core", "get_core", "not_held_message"]
 
 _monotonic = time.monotonic
 _time = time.time
@@ -34,6 +34,21 @@ _time = time.time
 TRY = float("-inf")
 
 _FREE, _SHARED, _EXCLUSIVE = 0, 1, 2
+
+
+class AnyCore(Protocol):
+    """What :class:`crosslock.Lock` asks of a core (:class:`Core`, or a backend's own)."""
+
+    target: Target
+    _backend: Backend
+
+    def acquire(self, owner: object, shared: bool, deadline: float | None) -> bool: ...
+    def release(self, owner: object) -> None: ...
+    def held_by(self, owner: object) -> bool: ...
+    def locked(self) -> bool: ...
+    def token(self, owner: object) -> int | None: ...
+    def publish(self, details: dict[str, Any]) -> None: ...
+    def _after_fork_in_child(self) -> None: ...
 
 
 class Core:
@@ -229,10 +244,7 @@ class Core:
             mutex.release()
 
     def _not_held_message(self) -> str:
-        name = self.target.display
-        if self._mode == _FREE:
-            return f"cannot release un-acquired lock {name!r}"
-        return f"cannot release lock {name!r}: it is held by another thread or task, not this one"
+        return not_held_message(self.target.display, self._mode == _FREE)
 
     # -- queries -------------------------------------------------------------
 
@@ -264,21 +276,29 @@ class Core:
         self._backend.forget()
 
 
+def not_held_message(name: str, free: bool) -> str:
+    """What :class:`NotHeldError` says for lock ``name`` (``free``: nobody of
+    this process holds it)."""
+    if free:
+        return f"cannot release un-acquired lock {name!r}"
+    return f"cannot release lock {name!r}: it is held by another thread or task, not this one"
+
+
 # -- the process-wide registry ------------------------------------------------
 
-_registry: weakref.WeakValueDictionary[Hashable, Core] = weakref.WeakValueDictionary()
+_registry: weakref.WeakValueDictionary[Hashable, AnyCore] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 #: Cores held by this process: kept alive even if every Lock object is gone.
 _held: set[Core] = set()
 
 
-def get_core(target: Target) -> Core:
+def get_core(target: Target) -> AnyCore:
     """Return this process's core for ``target``, creating it on first use."""
     key = target.key
     with _registry_lock:
         core = _registry.get(key)
         if core is None:
-            core = Core(target)
+            core = cast("AnyCore | None", target.new_core()) or Core(target)
             _registry[key] = core
             weakref.finalize(core, core._backend.close)
         return core

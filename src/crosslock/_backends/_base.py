@@ -95,6 +95,12 @@ class Target(abc.ABC):
     def display(self) -> str:
         return str(self.key)
 
+    def new_core(self) -> Any:
+        """This process's core for the target, when the backend brings its own
+        (one whose lock also excludes the threads of a process can do with
+        less); ``None``: the generic :class:`crosslock._core.Core`."""
+        return None
+
 
 def no_options(backend: str, options: dict[str, Any]) -> None:
     """Reject options a backend does not take."""

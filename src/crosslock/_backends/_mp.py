@@ -20,10 +20,11 @@ import uuid
 from collections.abc import Hashable
 from typing import Any
 
-from .._errors import AbandonedLockError, LockError
+from .._core import not_held_message
+from .._errors import AbandonedLockError, LockError, NotHeldError
 from ._base import Backend, Target, no_options
 
-__all__ = ["MPBackend", "MPTarget"]
+__all__ = ["MPBackend", "MPCore", "MPTarget"]
 
 #: How often a waiter looks whether the holder is still alive (seconds).
 CHECK_INTERVAL = 0.5
@@ -79,6 +80,13 @@ class MPTarget(Target):
 
     def open(self) -> MPBackend:
         return MPBackend(self.sem, self.state)
+
+    def new_core(self) -> MPCore:
+        core = MPCore(self)
+        # Kept alive by the target, not only by Lock objects: a hold must
+        # outlive them (the name's target lives as long as the process).
+        self.core = core
+        return core
 
     def __reduce__(self) -> tuple[Any, ...]:
         if multiprocessing.context.get_spawning_popen() is None:
@@ -188,3 +196,110 @@ class MPBackend(Backend):
         token: int = self._state[_TOKEN] + 1
         self._state[_TOKEN] = token
         return token
+
+
+class MPCore:
+    """This process's state for one multiprocessing lock: who holds it, how often.
+
+    The generic :class:`crosslock._core.Core` guards its state with a mutex and
+    lets one thread of a process at a time ask the backend. Here the semaphore
+    itself excludes the threads of this process as well as other processes, so
+    each thread goes to the semaphore directly and the state needs no guard:
+    only the holding thread (or task) writes it. A hold and a release are one
+    semaphore call, one write of the holder's pid and a few attributes.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_acquire",
+        "_backend",
+        "_counting",
+        "_depth",
+        "_owner",
+        "_pid",
+        "_release",
+        "_state",
+        "_token",
+        "_waiting",
+        "target",
+    )
+
+    def __init__(self, target: MPTarget) -> None:
+        self.target = target
+        self._backend = target.open()
+        self._acquire = target.sem.acquire
+        self._release = target.sem.release
+        self._state = target.state
+        self._reset()
+
+    def _reset(self) -> None:
+        self._owner: object = None
+        self._depth = 0
+        self._token: int | None = None
+        self._pid = os.getpid()
+        self._waiting = 0  # threads of this process waiting on the semaphore
+        self._counting = threading.Lock()
+
+    @property
+    def _busy(self) -> bool:
+        """Whether a thread of this process waits for the lock."""
+        return self._waiting > 0
+
+    def acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
+        if self._owner == owner:
+            self._depth += 1
+            return True
+        if self._acquire(False):
+            self._state[_PID] = self._pid
+            self._owner, self._depth, self._token = owner, 1, None
+            return True
+        if deadline is not None and deadline <= time.monotonic():
+            return False
+        with self._counting:
+            self._waiting += 1
+        try:
+            granted = self._backend.wait(False, deadline)
+        except BaseException:
+            # Interrupted right after the semaphore was granted to this thread?
+            # Then nobody of this process owns it yet: give it back.
+            if self._owner is None and self._state[_PID] == self._pid:
+                self._state[_PID] = 0
+                self._release()
+            raise
+        finally:
+            with self._counting:
+                self._waiting -= 1
+        if granted:
+            self._owner, self._depth, self._token = owner, 1, None
+        return granted
+
+    def release(self, owner: object) -> None:
+        if self._owner != owner:
+            raise NotHeldError(not_held_message(self.target.display, self._owner is None))
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
+        self._state[_PID] = 0
+        self._release()
+
+    def held_by(self, owner: object) -> bool:
+        return self._owner == owner
+
+    def locked(self) -> bool:
+        return self._owner is not None or self._backend.locked()
+
+    def token(self, owner: object) -> int | None:
+        if self._owner != owner:
+            return None
+        if self._token is None:
+            self._token = self._backend.token(False, 0.0)
+        return self._token
+
+    def publish(self, details: dict[str, Any]) -> None:
+        pass  # no holder details for multiprocessing locks
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's holds stay the parent's: this process holds nothing.
+        self._reset()
+        self._backend.forget()
