@@ -92,6 +92,8 @@ class Goal:
     #: "at most" or "at least"
     kind: str
     bound: float
+    #: how the figures read (a :class:`Column` kind: ``time``, ``rate``, ``ms``, ``count``, ``kib``)
+    unit: str = "time"
 
     @property
     def ratio(self) -> float | None:

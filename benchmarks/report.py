@@ -122,7 +122,7 @@ def _goal_md(goal: Goal) -> str:
     if ratio is None:
         missing = [what for what, value in (top, bottom) if not value]
         return f"| {goal.text} | not measured ({bound}) | no figure for {', '.join(missing)} | — |"
-    figures = f"{top[0]} {fmt_time(top[1] or 0)} / {bottom[0]} {fmt_time(bottom[1] or 0)}"
+    figures = f"{top[0]} {_fmt(goal.unit, top[1] or 0)} / {bottom[0]} {_fmt(goal.unit, bottom[1] or 0)}"
     met = "**yes**" if goal.met else "**NO**"
     return f"| {goal.text} | {_sig(ratio)}{TIMES} ({bound}) | {figures} | {met} |"
 
@@ -188,6 +188,43 @@ def _section_md(section: Section) -> list[str]:
     return lines
 
 
+def targets_md(goals: Sequence[Goal]) -> list[str]:
+    """The section that holds this run's figures to the targets (none: no section)."""
+    if not goals:
+        return []
+    met = sum(1 for g in goals if g.met)
+    judged = sum(1 for g in goals if g.met is not None)
+    return [
+        "## Targets",
+        "",
+        f"The figures of this run against crosslock's performance targets: {met} of {judged} met. "
+        f"A ratio compares two figures of this run (crosslock over {BASELINE}, or a peer over "
+        "crosslock); hand-off figures on a shared machine vary from run to run.",
+        "",
+        "| target | ratio (bound) | figures | met |",
+        "| --- | ---: | --- | :---: |",
+        *[_goal_md(goal) for goal in goals],
+        "",
+    ]
+
+
+def goals_json(goals: Sequence[Goal]) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": g.key,
+            "text": g.text,
+            "ratio": g.ratio,
+            "ratio_of": f"{g.numerator[0]} / {g.denominator[0]}",
+            "numerator": g.numerator[1],
+            "denominator": g.denominator[1],
+            "unit": g.unit,
+            "bound": f"{g.kind} {g.bound:g}",
+            "met": g.met,
+        }
+        for g in goals
+    ]
+
+
 def markdown(
     tables: Sequence[Table],
     facts: dict[str, Any],
@@ -197,6 +234,7 @@ def markdown(
     failures: Sequence[str],
     problems: Sequence[str],
     section: Section | None = None,
+    goals: Sequence[Goal] = (),
 ) -> str:
     installed = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
     missing = [k for k, v in packages.items() if not v]
@@ -213,6 +251,7 @@ def markdown(
         + (f" In *{section.title}*: subject / **{ROUND_TRIP}**." if section else ""),
         "",
     ]
+    lines += targets_md(goals)
     for table in tables:
         lines += _table_md(table)
     if section:
@@ -265,19 +304,7 @@ def section_json(section: Section) -> dict[str, Any]:
         "baseline": section.tables[0].baseline_subject if section.tables else None,
         "note": _section_intro(section),
         **section.extra,
-        "targets": [
-            {
-                "key": g.key,
-                "text": g.text,
-                "ratio": g.ratio,
-                "ratio_of": f"{g.numerator[0]} / {g.denominator[0]}",
-                "numerator_ns": g.numerator[1],
-                "denominator_ns": g.denominator[1],
-                "bound": f"{g.kind} {g.bound:g}",
-                "met": g.met,
-            }
-            for g in section.goals
-        ],
+        "targets": goals_json(section.goals),
         "measurements": {t.key: _table_json(t) for t in section.tables},
     }
 

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: import the package beside this
 from . import facts, report, sandbox, servers, subjects
 from .model import Section, Table
 from .suite import DEFAULT_MEASUREMENTS, MEASUREMENTS, MODES, SERVER_MODES, Suite
+from .targets import local_goals
 
 __all__ = ["main"]
 
@@ -151,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.reap_orphans(wait=2.0)
     wall = time.monotonic() - started
     packages = subjects.versions(servers=with_servers)
-    text = report.markdown(tables, machine, packages, mode, wall, suite.failures, suite.problems, section)
-    extra: dict[str, Any] = {}
+    goals = local_goals(tables)
+    text = report.markdown(
+        tables, machine, packages, mode, wall, suite.failures, suite.problems, section, goals
+    )
+    extra: dict[str, Any] = {"targets": report.goals_json(goals)}
     if section is not None:
         extra["server_backends"] = report.section_json(section)
     data = report.to_json(

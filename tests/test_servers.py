@@ -641,7 +641,7 @@ def redis_queue_pushes(url: str, name: str) -> Iterator[Any]:
     ``name`` (a keyspace event, pushed by the server: no polling)."""
     import redis
 
-    admin = redis.Redis.from_url(url)
+    admin: Any = redis.Redis.from_url(url)
     admin.config_set("notify-keyspace-events", "Kl")
     db = admin.connection_pool.connection_kwargs.get("db", 0)
     events = admin.pubsub(ignore_subscribe_messages=True)

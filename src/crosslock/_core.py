@@ -41,6 +41,12 @@ class AnyCore(Protocol):
 
     target: Target
     _backend: Backend
+    #: threads (or tasks) of this process waiting for the lock
+    _waiting: int
+
+    @property
+    def _busy(self) -> bool:
+        """Whether a thread of this process waits for the lock in the backend."""
 
     def acquire(self, owner: object, shared: bool, deadline: float | None) -> bool: ...
     def release(self, owner: object) -> None: ...
