@@ -82,6 +82,9 @@ class Core:
         self._reset()
 
     def _reset(self) -> None:
+        # Code that runs in the caller's thread takes the plain mutex, never
+        # `with self._cond`: Condition.__enter__ is Python code, and a Ctrl-C
+        # landing in it just after the lock was taken would leave it held.
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._mode = _FREE
@@ -265,7 +268,7 @@ class Core:
         return self._backend.locked()
 
     def token(self, owner: object) -> int | None:
-        with self._cond:
+        with self._mutex:  # not the condition (see _reset)
             if not (self._owner == owner or owner in self._readers) or self._backend.lost():
                 return None
             if self._token is None:
@@ -273,7 +276,7 @@ class Core:
             return self._token
 
     def publish(self, details: dict[str, Any]) -> None:
-        with self._cond:
+        with self._mutex:  # not the condition (see _reset)
             if self._mode != _FREE:
                 self._backend.publish(self._since, details)
 

@@ -116,11 +116,14 @@ class _Helpers:
     wait would cost more than the wait's wake-up)."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], Callable[[], object] | None]] = queue.SimpleQueue()
         self._idle = 0
         self._guard = threading.Lock()
 
-    def run(self, job: Callable[[], None]) -> None:
+    def run(self, job: Callable[[], Callable[[], object] | None]) -> None:
+        """Run ``job`` in a helper; what it returns, if anything, is called last,
+        right before the helper waits for its next job (a wake-up to hand out:
+        the woken thread then finds the helper out of its way)."""
         with self._guard:
             spawn = self._idle == 0
             if not spawn:
@@ -130,12 +133,15 @@ class _Helpers:
         else:
             self._jobs.put(job)
 
-    def _work(self, job: Callable[[], None]) -> None:
+    def _work(self, job: Callable[[], Callable[[], object] | None]) -> None:
         while True:
-            job()
+            last = job()
             del job
             with self._guard:
                 self._idle += 1
+            if last is not None:
+                last()
+                del last
             job = self._jobs.get()
 
 
@@ -293,9 +299,9 @@ class FileBackend(Backend):
             self._set_fd(wait.fd)
         return True
 
-    def _run_wait(self, wait: _Wait) -> None:
+    def _run_wait(self, wait: _Wait) -> Callable[[], object] | None:
         try:
-            _os.lock(wait.fd, wait.shared)
+            _flock(wait.fd, _os.LOCK_SH if wait.shared else _os.LOCK_EX)
             wait.granted = True
         except BaseException as exc:  # handed to the waiter, if any
             wait.error = exc
@@ -304,12 +310,12 @@ class FileBackend(Backend):
             if self._waits.get(wait.shared) is wait:
                 del self._waits[wait.shared]
             if not wait.abandoned:
-                wait.signal.release()
-                return
+                return wait.signal.release  # wakes the caller: the helper's last act
         # Nobody wants this grant any more: give it back at once.
         if wait.granted:
             _os.unlock(wait.fd)
         os.close(wait.fd)
+        return None
 
     def cancel(self) -> None:
         with self._wlock:

@@ -65,14 +65,18 @@ class Renewer:
     """A daemon thread that calls each registered hold's renew function on time."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Callers take the plain lock (`with self._lock`), never the condition:
+        # Condition.__enter__ is Python code, and a Ctrl-C landing in it just
+        # after the lock was taken would leave the lock held for good.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         #: key -> [due (monotonic), renew function]; renew returns the next due or None
         self._items: dict[int, list[Any]] = {}
         self._wake_at = math.inf
         self._thread: threading.Thread | None = None
 
     def add(self, key: int, due: float, renew: Callable[[], float | None]) -> None:
-        with self._cond:
+        with self._lock:
             self._items[key] = [due, renew]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="crosslock-renew", daemon=True)
@@ -81,12 +85,12 @@ class Renewer:
                 self._cond.notify()
 
     def remove(self, key: int) -> None:
-        with self._cond:
+        with self._lock:
             self._items.pop(key, None)
 
     def _run(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 now = time.monotonic()
                 due = min((item[0] for item in self._items.values()), default=math.inf)
                 if due > now:
@@ -100,7 +104,7 @@ class Renewer:
                     nxt = renew()
                 except Exception:  # a renew function reports its own failures
                     nxt = None
-                with self._cond:
+                with self._lock:
                     item = self._items.get(key)
                     if item is not None and item[1] is renew:
                         if nxt is None:
