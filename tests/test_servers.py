@@ -102,7 +102,10 @@ class Client:
         return pid
 
     def recv(self, timeout: float = WAIT) -> Any:
-        assert self.conn.poll(timeout), "the client process did not answer in time"
+        if not self.conn.poll(timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGUSR1)  # its stacks, on stderr (see workers.server_client)
+            raise AssertionError("the client process did not answer in time")
         return self.conn.recv()
 
     def ask(self, *command: Any, timeout: float = WAIT) -> Any:
@@ -125,6 +128,18 @@ class Client:
         self.conn.send(("exit",))
         self.proc.join(WAIT)
         assert self.proc.exitcode == 0
+
+
+def granted_token(reply: tuple[str, bool, int | None, bool], above: int | None = None) -> int:
+    """The token of a client's successful ``acquire`` reply (held, and larger than ``above``)."""
+    what, got, token, held = reply
+    assert what == "acquired"
+    assert got
+    assert held
+    assert token is not None
+    if above is not None:
+        assert token > above
+    return token
 
 
 def stop_process(pid: int) -> None:
@@ -313,11 +328,7 @@ def test_postgres_holder_stopped_keeps_its_lock(
     assert holder.ask("token") == ("token", token)
     other.start_acquire(WAIT)
     assert holder.ask("release") == ("released", False)
-    _, got, new_token, held = other.recv()
-    assert got
-    assert held
-    assert new_token is not None
-    assert new_token > token
+    granted_token(other.recv(), above=token)
     assert other.ask("release") == ("released", False)
     holder.exit()
     other.exit()
@@ -679,18 +690,10 @@ def test_redis_release_hands_over_in_queue_order(redis_server: RedisServer, name
         second.start_acquire(None)
         await_push()
     lock.release()
-    _, got, first_token, held = first.recv()
-    assert got
-    assert held
-    assert first_token is not None
-    assert first_token > token
+    first_token = granted_token(first.recv(), above=token)
     assert not lock.acquire(timeout=0)
     assert first.ask("release") == ("released", False)
-    _, got, second_token, held = second.recv()
-    assert got
-    assert held
-    assert second_token is not None
-    assert second_token > first_token
+    granted_token(second.recv(), above=first_token)
     assert second.ask("release") == ("released", False)
     assert lock.acquire(timeout=0)
     lock.release()

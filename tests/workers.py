@@ -402,8 +402,14 @@ def server_client(url: str, name: str, options: dict[str, Any], conn: Any) -> No
 
     A crosslock error in any command is reported as ``("error", class name, message)``.
     """
+    import faulthandler
+    import signal
+
     from .fencing import FencedStore, StaleToken
 
+    # A test that waits for this process in vain sends SIGUSR1: the stacks of
+    # its threads go to stderr, which pytest shows with the failure.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         lock = crosslock.Lock(name, backend=url, **options)
     except crosslock.LockError as exc:
