@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -130,3 +132,28 @@ def pytest_configure(config: pytest.Config) -> None:
         "filterwarnings", "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
     )
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def collect_lock_while_holding(make: Callable[[], crosslock.Lock], held: Any) -> None:
+    """Build a Lock with ``make`` (which may use it), drop it, and run the cycle
+    collector in a thread that holds the lock ``held`` meanwhile: the collector may
+    strike at any allocation, also one made under a lock that closing a backend
+    takes. Fails if the collection does not end within WAIT seconds (a deadlock)."""
+    was_enabled = gc.isenabled()
+    gc.disable()  # no collection but the one below, in the other thread
+    try:
+        cycle: list[Any] = [make()]
+        cycle.append(cycle)  # only the cycle collector frees the Lock now
+        del cycle
+        done = threading.Event()
+
+        def collect() -> None:
+            with held:
+                gc.collect()
+            done.set()
+
+        threading.Thread(target=collect, daemon=True).start()
+        assert done.wait(WAIT), "collecting a Lock deadlocked: a finalizer waited for a lock its thread held"
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -14,7 +14,7 @@ import crosslock
 from crosslock import _paths
 
 from . import workers
-from .conftest import WAIT, Procs
+from .conftest import WAIT, Procs, collect_lock_while_holding
 
 # -- names and paths ----------------------------------------------------------------------------
 
@@ -419,3 +419,19 @@ def test_forked_child_leaving_open_block_keeps_parent_lock(tmp_path: Any) -> Non
     if pid == 0:
         os._exit(0)
     assert path.read_text() == "x"
+
+
+def test_collected_lock_does_not_wait_for_the_watchers_lock(lock_dir: str) -> None:
+    from crosslock._backends import _watch
+
+    watcher = _watch.get()
+    if watcher is None:
+        pytest.skip("no inotify here")
+
+    def make() -> crosslock.Lock:
+        lock = crosslock.Lock("collected")
+        with lock:
+            pass
+        return lock
+
+    collect_lock_while_holding(make, watcher._guard)

@@ -31,7 +31,7 @@ import pytest
 import crosslock
 
 from . import workers
-from .conftest import WAIT, Procs
+from .conftest import WAIT, Procs, collect_lock_while_holding
 from .fencing import FencedStore, StaleToken
 from .servers import PostgresServer, RedisServer, free_port
 
@@ -923,3 +923,15 @@ def test_cli_status_with_server_backend_shows_the_holder(
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)
     assert (row["name"], row["state"], row["pids"]) == (name, "free", []), row
+
+
+def test_collected_lock_does_not_wait_for_the_renewers_lock(url: str, name: str) -> None:
+    from crosslock._backends._server import renewer
+
+    def make() -> crosslock.Lock:
+        lock = crosslock.Lock(name, backend=url)
+        with lock:
+            pass
+        return lock
+
+    collect_lock_while_holding(make, renewer()._lock)

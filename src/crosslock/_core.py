@@ -15,6 +15,8 @@ backends' inherited resources dropped without releasing the parent's holds.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import threading
 import time
@@ -301,15 +303,33 @@ _registry_lock = threading.Lock()
 _held: set[Core] = set()
 
 
+#: Backends of cores that were garbage-collected, closed by the next get_core().
+#: A finalizer runs in whatever thread allocates when the collector strikes,
+#: maybe one that holds a lock that close() takes (the lease renewer's, the
+#: inotify watcher's): so it only queues the backend, which takes no lock.
+_closing: collections.deque[Backend] = collections.deque()
+
+
+def _close_pending() -> None:
+    while _closing:
+        try:
+            backend = _closing.popleft()
+        except IndexError:  # taken by another thread meanwhile
+            return
+        with contextlib.suppress(Exception):
+            backend.close()
+
+
 def get_core(target: Target) -> AnyCore:
     """Return this process's core for ``target``, creating it on first use."""
+    _close_pending()
     key = target.key
     with _registry_lock:
         core = _registry.get(key)
         if core is None:
             core = cast("AnyCore | None", target.new_core()) or Core(target)
             _registry[key] = core
-            weakref.finalize(core, core._backend.close)
+            weakref.finalize(core, _closing.append, core._backend)
         return core
 
 
@@ -317,6 +337,9 @@ def _after_fork_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
     _held.clear()
+    while _closing:  # the parent closes these; here they are only dropped
+        with contextlib.suppress(Exception):
+            _closing.popleft().forget()
     for core in list(_registry.values()):
         core._after_fork_in_child()
 
