@@ -215,33 +215,31 @@ class PostgresBackend(Backend):
         suffix = "_shared" if shared else ""
         remaining = None if deadline is None else deadline - time.monotonic()
         trying = remaining is not None and remaining < 0.001
-        if trying:
-            # One try; the session's lock_timeout bounds a wait on the row.
-            statement = _GRANT.format(fn=f"pg_try_advisory_lock{suffix}")
-            limit: float | None = RELEASE_LIMIT
-        else:
-            statement = _GRANT.format(fn=f"pg_advisory_lock{suffix}")
-            wait_ms = 0 if remaining is None else math.ceil(remaining * 1000)
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{wait_ms}ms",))
-            limit = None if remaining is None else remaining + WATCHDOG_GRACE
         try:
-            with _watchdog(conn, limit):
-                row = conn.execute(statement, self._params()).fetchone()
+            if trying:
+                # One try; the session's lock_timeout bounds a wait on the row.
+                with _watchdog(conn, RELEASE_LIMIT):
+                    row = conn.execute(
+                        _GRANT.format(fn=f"pg_try_advisory_lock{suffix}"), self._params()
+                    ).fetchone()
+            else:
+                # The wait's own lock_timeout, local to the transaction that the
+                # two pipelined statements share: one round trip, and the
+                # session's setting is back as soon as the grant commits.
+                wait_ms = 0 if remaining is None else math.ceil(remaining * 1000)
+                with _watchdog(conn, None if remaining is None else remaining + WATCHDOG_GRACE):
+                    with conn.pipeline():
+                        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))
+                        cursor = conn.execute(_GRANT.format(fn=f"pg_advisory_lock{suffix}"), self._params())
+                    row = cursor.fetchone()
         except psycopg.errors.LockNotAvailable:
             # The server ended the wait: on the advisory lock (nothing held),
             # or on the row after the grant -- so give back what may be held.
-            self._restore_timeout(conn, trying)
             conn.execute(f"SELECT pg_advisory_unlock{suffix}(%s)", (self._key,))
             return False
         # (Anything else -- an interrupt, a lost connection -- propagates, and
         # acquire() discards the session, which frees whatever it held.)
-        self._restore_timeout(conn, trying)
         return self._granted(row, shared)
-
-    @staticmethod
-    def _restore_timeout(conn: Any, trying: bool) -> None:
-        if not trying:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (_DEFAULT_LOCK_TIMEOUT,))
 
     def _granted(self, row: Any, shared: bool) -> bool:
         if row is None:
