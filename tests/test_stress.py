@@ -35,8 +35,10 @@ def _run(lock: crosslock.Lock, tmp_path: Any, procs: Procs, shape: tuple[int, in
         procs.start(ctx, workers.stress_worker, lock, counter, marker, threads, holds, start, result)
     start.set()
     assert procs.join_all(timeout=600) == [0] * processes
-    overlaps = sum(result.get(timeout=30) for _ in range(processes))
-    assert overlaps == 0
+    reports = [result.get(timeout=30) for _ in range(processes)]
+    errors = [error for _, errs in reports for error in errs]
+    assert errors == [], "threads failed (their holds are missing from the counter)"
+    assert sum(overlaps for overlaps, _ in reports) == 0
     with open(counter) as f:
         assert int(f.read()) == processes * threads * holds
     assert not os.path.exists(marker)

@@ -184,26 +184,30 @@ def stress_worker(
     import threading
 
     overlaps = [0]
+    errors: list[str] = []
     start.wait(60)
 
     def run() -> None:
-        for _ in range(holds):
-            with lock:
-                try:
-                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                except FileExistsError:
-                    overlaps[0] += 1
-                    continue
-                os.close(fd)
-                bump_counter(counter)
-                os.unlink(marker)
+        try:
+            for _ in range(holds):
+                with lock:
+                    try:
+                        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                    except FileExistsError:
+                        overlaps[0] += 1
+                        continue
+                    os.close(fd)
+                    bump_counter(counter)
+                    os.unlink(marker)
+        except Exception as exc:  # reported: a thread that died would look like lost updates
+            errors.append(f"{type(exc).__name__}: {exc}")
 
     workers = [threading.Thread(target=run) for _ in range(threads)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
-    result.put(overlaps[0])
+    result.put((overlaps[0], errors))
 
 
 # -- fault-injection workers (tests/test_faults_*.py, tests/test_interop.py) ----------------------
