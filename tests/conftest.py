@@ -5,7 +5,10 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import pathlib
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -132,6 +135,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "filterwarnings", "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
     )
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[pathlib.Path]:
+    """A folder that user nobody can reach (pytest's tmp_path is private to root)."""
+    folder = tempfile.mkdtemp(prefix="crosslock-test-")
+    os.chmod(folder, 0o755)
+    try:
+        yield pathlib.Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def collect_lock_while_holding(make: Callable[[], crosslock.Lock], held: Any) -> None:

@@ -16,7 +16,6 @@ import pathlib
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,17 +37,6 @@ pytest.importorskip("filelock")
 def file_backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
-
-
-@pytest.fixture
-def open_dir() -> Iterator[pathlib.Path]:
-    """A folder that user nobody can reach (pytest's tmp_path is private to root)."""
-    folder = tempfile.mkdtemp(prefix="crosslock-faults-")
-    os.chmod(folder, 0o755)
-    try:
-        yield pathlib.Path(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _warm_up(backend: str) -> None:
@@ -93,14 +81,22 @@ def _snapshot(path: pathlib.Path) -> tuple[bytes, int, int, int]:
 # -- the folder or the file goes away -------------------------------------------------------
 
 
-def test_parent_folder_removed_while_held(tmp_path: pathlib.Path, file_backend: str) -> None:
+def _held_then_folder_removed(
+    tmp_path: pathlib.Path, backend: str
+) -> tuple[crosslock.Lock, pathlib.Path, str]:
+    """A lock held on ``tmp_path/sub/x.lock``, whose file and folder are then removed."""
     folder = tmp_path / "sub"
     folder.mkdir()
     path = str(folder / "x.lock")
-    lock = crosslock.Lock(path, backend=file_backend)
+    lock = crosslock.Lock(path, backend=backend)
     assert lock.acquire(timeout=0)
     os.unlink(path)
     os.rmdir(folder)
+    return lock, folder, path
+
+
+def test_parent_folder_removed_while_held(tmp_path: pathlib.Path, file_backend: str) -> None:
+    lock, folder, path = _held_then_folder_removed(tmp_path, file_backend)
     assert not lock.held  # the loss is known at once
     with pytest.raises(crosslock.LockLost, match="removed or replaced"):
         lock.release()
@@ -117,13 +113,7 @@ def test_parent_folder_removed_while_held(tmp_path: pathlib.Path, file_backend: 
 
 
 def test_lost_lock_does_not_recreate_its_folder(tmp_path: pathlib.Path, file_backend: str) -> None:
-    folder = tmp_path / "sub"
-    folder.mkdir()
-    path = str(folder / "x.lock")
-    lock = crosslock.Lock(path, backend=file_backend)
-    assert lock.acquire(timeout=0)
-    os.unlink(path)
-    os.rmdir(folder)
+    lock, folder, _ = _held_then_folder_removed(tmp_path, file_backend)
     with pytest.raises(crosslock.LockLost):
         lock.release()
     # The same Lock object, used again: the missing folder is an error, never created.

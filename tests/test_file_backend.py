@@ -311,21 +311,6 @@ def test_runtime_dir_is_preferred(monkeypatch: pytest.MonkeyPatch, tmp_path: Any
     assert os.path.dirname(crosslock.Lock("rt").name) == os.path.join(str(tmp_path), "crosslock")
 
 
-@pytest.fixture
-def open_dir() -> Any:
-    """A folder that user nobody can reach (pytest's tmp_path is private to root)."""
-    import pathlib
-    import shutil
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="crosslock-test-")
-    os.chmod(folder, 0o755)
-    try:
-        yield pathlib.Path(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _make(path: str) -> str:
     crosslock.Lock(path).acquire(timeout=0)
     return "acquired"

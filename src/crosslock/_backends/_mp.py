@@ -262,9 +262,8 @@ class MPCore:
         except BaseException:
             # Interrupted right after the semaphore was granted to this thread?
             # Then nobody of this process owns it yet: give it back.
-            if self._owner is None and self._state[_PID] == self._pid:
-                self._state[_PID] = 0
-                self._release()
+            if self._owner is None:
+                self._backend.cancel()
             raise
         finally:
             with self._counting:

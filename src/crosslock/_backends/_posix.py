@@ -103,11 +103,6 @@ def try_lock(fd: int, shared: bool) -> bool:
     return True
 
 
-def lock(fd: int, shared: bool) -> None:
-    """Block in the kernel until the lock is granted (interruptible by signals)."""
-    fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-
-
 def unlock(fd: int) -> None:
     _flock(fd, _UN)
 

@@ -130,11 +130,6 @@ def try_lock(fd: int, shared: bool) -> bool:
     return _lock_byte(fd, flags)
 
 
-def lock(fd: int, shared: bool) -> None:
-    """Block in the kernel until the lock is granted."""
-    _lock_byte(fd, 0 if shared else _LOCKFILE_EXCLUSIVE_LOCK)
-
-
 def unlock(fd: int) -> None:
     _unlock_byte(fd)
 
