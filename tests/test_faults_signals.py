@@ -259,3 +259,31 @@ def test_timed_out_waiter_leaves_no_late_hold(
     waiter.say("exit")
     assert waiter.wait() == 0
     assert procs.join_all() == [0]
+
+
+@pytest.mark.parametrize("sigurg", ["default", "handled", "blocked"])
+def test_timed_waits_of_the_main_thread_end_at_the_deadline_or_the_release(
+    lock_dir: str, children: Callable[..., Child], sigurg: str
+) -> None:
+    # A file lock's timed wait in the main thread blocks in the kernel itself and
+    # is ended at the deadline by a signal (SIGURG) to that thread; a program that
+    # handles or blocks SIGURG keeps it, and its waits go to a helper thread.
+    lock = crosslock.Lock(os.path.join(lock_dir, "deadline.lock"))
+    assert lock.acquire(timeout=WAIT)
+    try:
+        child = children("deadline_waiter", lock, sigurg)
+        # Deadlines of a few microseconds and more: many pass just before the
+        # kernel call starts, where the signal cannot interrupt it (a hang, if
+        # nothing sent it again).
+        assert child.line() == "timeouts=[False] held=False"
+        assert child.line() == "waiting"
+    finally:
+        lock.release()
+    if sigurg == "default":
+        # No helper thread ever waited: the release itself woke the main thread.
+        expected = "got=True held=True threads=['crosslock-timer'] kept=False calls=0"
+    else:
+        expected = "got=True held=True threads=['crosslock-wait'] kept=True calls=0"
+    assert child.line() == expected
+    child.say("exit")
+    assert child.wait() == 0

@@ -286,6 +286,44 @@ def timed_out_waiter(lock: crosslock.Lock, timeout: float, attempts: int, conn: 
     hear()
 
 
+def deadline_waiter(lock: crosslock.Lock, sigurg: str, conn: Any) -> None:
+    """Timed waits in the main thread while the program leaves SIGURG alone
+    (``sigurg="default"``), handles it (``"handled"``) or blocks it (``"blocked"``).
+
+    Says ``timeouts=... held=...`` after 400 short timed waits, then
+    ``waiting`` and, once a wait with a long timeout returns, what it got and
+    which crosslock threads run, whether the program's own handler or mask is
+    still in place, and how often the program's handler ran.
+    """
+    import signal
+    import threading
+
+    say, hear = _line_io(conn)
+    calls: list[int] = []
+
+    def program_handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+
+    if sigurg == "handled":
+        signal.signal(signal.SIGURG, program_handler)
+    elif sigurg == "blocked":
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGURG])
+    results = {lock.acquire(timeout=t) for t in (0.000002, 0.00001, 0.00003, 0.001) * 100}
+    say(f"timeouts={sorted(results)} held={lock.held}")
+    say("waiting")
+    got = lock.acquire(timeout=60)
+    threads = sorted({t.name for t in threading.enumerate() if t.name.startswith("crosslock")})
+    kept = (
+        signal.getsignal(signal.SIGURG) is program_handler
+        if sigurg == "handled"
+        else signal.SIGURG in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    )
+    say(f"got={got} held={lock.held} threads={threads} kept={kept} calls={len(calls)}")
+    if got:
+        lock.release()
+    hear()
+
+
 def hold_and_exit(lock: crosslock.Lock, acquired: Any, how: str) -> None:
     """Acquire, signal, and end the process without releasing (``sys.exit`` or a plain return)."""
     assert lock.acquire(timeout=30)

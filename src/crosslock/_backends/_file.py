@@ -6,14 +6,16 @@ waiter is woken by the release itself:
 
 * without a timeout, the calling thread blocks in the kernel call (Ctrl-C
   still interrupts it);
-* with a timeout, a helper thread blocks in the kernel call on the kept
-  descriptor while the caller waits on a condition with the timeout; the
-  helper's wake-up wakes the caller. If the caller gives up, it leaves that
-  descriptor to the helper, still parked in the kernel, and opens a fresh one
-  for itself. A grant that arrives after that is handed back at once
-  (unlocked and closed), or taken over by the next caller of this process
-  that wants the lock. A timed-out ``acquire`` therefore never turns into a
-  hold later.
+* with a timeout, in the main thread (POSIX), the same: a timer thread ends
+  the kernel call at the deadline with a signal (see ``_alarm``);
+* with a timeout, in other threads, a helper thread blocks in the kernel call
+  on the kept descriptor while the caller waits on a lock with the timeout;
+  the helper's wake-up wakes the caller. If the caller gives up, it leaves
+  that descriptor to the helper, still parked in the kernel, and opens a
+  fresh one for itself. A grant that arrives after that is handed back at
+  once (unlocked and closed), or taken over by the next caller of this
+  process that wants the lock. A timed-out ``acquire`` therefore never turns
+  into a hold later.
 
 After each grant the descriptor is checked to still be the file at the path;
 if the file was removed or replaced meanwhile, the lock is dropped and taken
@@ -26,6 +28,7 @@ import contextlib
 import functools
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -38,6 +41,9 @@ from .._paths import lock_path
 from . import _watch
 from ._base import Backend, Target, no_options
 from ._native import native as _os
+
+if sys.platform != "win32":
+    from . import _alarm
 
 _flock = _os.flock
 _TRY_SH = _os.LOCK_SH | _os.LOCK_NB
@@ -249,7 +255,7 @@ class FileBackend(Backend):
                 tried = False
                 if deadline is None:
                     _flock(self._fd, _os.LOCK_SH if shared else _os.LOCK_EX)
-                elif deadline <= time.monotonic() or not self._wait_in_helper(shared, deadline):
+                elif deadline <= time.monotonic() or not self._wait_timed(shared, deadline):
                     return False
             if self._at_path():
                 return True
@@ -257,6 +263,16 @@ class FileBackend(Backend):
             # take the lock on the file that is at the path now.
             _os.unlock(self._fd)
             self._drop_fd()
+
+    def _wait_timed(self, shared: bool, deadline: float) -> bool:
+        """Wait for the lock on the kept descriptor until ``deadline``."""
+        if sys.platform != "win32":
+            # In the main thread, block in the kernel itself (see _alarm).
+            mode = _os.LOCK_SH if shared else _os.LOCK_EX
+            granted = _alarm.block(deadline, _flock, self._fd, mode, _os.unlock)
+            if granted is not None:
+                return granted
+        return self._wait_in_helper(shared, deadline)
 
     def _wait_in_helper(self, shared: bool, deadline: float) -> bool:
         with self._wlock:

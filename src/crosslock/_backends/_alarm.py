@@ -1,0 +1,201 @@
+"""Deadlines for a blocking kernel call in the main thread (POSIX).
+
+A thread blocked in ``flock`` is woken by the release in the kernel; a
+deadline must end that call too, without a poll and without a second thread
+in the way of the hand-off. In the main thread that is possible: a timer
+thread sends the main thread a signal when the deadline passes, the kernel
+call fails with EINTR, and the signal's handler raises an exception out of
+it (see :func:`block`). Other threads cannot be reached that way (Python retries their
+interrupted calls and runs handlers only in the main thread), so they wait
+in a helper thread instead (see ``_file``).
+
+The signal is ``SIGURG``, whose default action is to ignore it. Its handler
+is installed on the first timed wait in the main thread, only when nobody
+handles ``SIGURG`` already, and stays installed: outside a wait it does
+nothing (installing and restoring it around every wait would cost more
+than the hand-off itself). A program that installs its own ``SIGURG``
+handler simply makes later timed waits use the helper thread.
+
+A signal can land just before the kernel call starts, when it cannot
+interrupt it; so until the waiter ends its wait, the timer sends it again
+(after 1 ms, then ever more rarely). That only happens after the deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+__all__ = ["block"]
+
+try:  # the C functions: signal's wrappers turn numbers into enums, slowly
+    import _signal as _raw  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - not CPython
+    _raw = signal
+
+_SIGNAL = int(signal.SIGURG)
+_monotonic = time.monotonic
+_ARMED, _FIRED, _DONE = 0, 1, 2
+_RESEND_FIRST_S = 0.001
+_RESEND_MAX_S = 0.1
+
+
+class _Expired(BaseException):
+    """The deadline of the main thread's current wait passed (never escapes :func:`block`)."""
+
+
+class Alarm:
+    """One deadline of the main thread's wait."""
+
+    __slots__ = ("deadline", "resend", "state")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.state = _ARMED
+        self.resend = _RESEND_FIRST_S
+
+
+#: The alarm of the wait the main thread is in (set only around the kernel
+#: call, read by the handler, which runs in the main thread too).
+current: Alarm | None = None
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    alarm = current
+    if alarm is not None and alarm.state == _FIRED:
+        raise _Expired
+
+
+class _Timer:
+    """A thread that sends the main thread the signal at each armed deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, Alarm]] = []
+        self._seq = 0
+        self._dead = 0  # entries of ended waits still in the heap
+        self._target = threading.main_thread().ident or 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float) -> Alarm:
+        alarm = Alarm(deadline)
+        lock = self._lock
+        lock.acquire()
+        try:
+            heap = self._heap
+            self._seq += 1
+            earliest = not heap or deadline < heap[0][0]
+            heapq.heappush(heap, (deadline, self._seq, alarm))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="crosslock-timer", daemon=True)
+                self._thread.start()
+            elif earliest:
+                self._cond.notify()
+        finally:
+            lock.release()
+        return alarm
+
+    def disarm(self, alarm: Alarm) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            alarm.state = _DONE
+            self._dead += 1
+            heap = self._heap
+            if self._dead > 64 and self._dead * 2 > len(heap):
+                # Ended waits pile up when deadlines are far: sweep them out.
+                heap[:] = [entry for entry in heap if entry[2].state != _DONE]
+                heapq.heapify(heap)
+                self._dead = 0
+        finally:
+            lock.release()
+
+    def _run(self) -> None:
+        with self._cond:
+            heap = self._heap
+            while True:
+                now = _monotonic()
+                while heap and heap[0][0] <= now:
+                    alarm = heapq.heappop(heap)[2]
+                    if alarm.state == _DONE:
+                        self._dead -= 1
+                        continue
+                    alarm.state = _FIRED
+                    signal.pthread_kill(self._target, _SIGNAL)
+                    # Sent again until the wait ends (see the module's text).
+                    self._seq += 1
+                    heapq.heappush(heap, (now + alarm.resend, self._seq, alarm))
+                    alarm.resend = min(alarm.resend * 2, _RESEND_MAX_S)
+                self._cond.wait(heap[0][0] - now if heap else None)
+
+
+_timer: _Timer | None = None
+
+
+def block(
+    deadline: float, call: Callable[[int, int], object], fd: int, op: int, undo: Callable[[int], object]
+) -> bool | None:
+    """Make the blocking kernel call ``call(fd, op)`` in the main thread, ended
+    at ``deadline`` if it has not returned by then.
+
+    Returns whether the call returned (``False``: the deadline ended it, and
+    ``undo(fd)`` took back what a call that returned just then got), or
+    ``None`` without calling: the calling thread cannot be interrupted this
+    way (it is not the main thread, or the program handles or blocks ``SIGURG``).
+    """
+    global current
+    alarm = _arm(deadline)
+    if alarm is None:
+        return None
+    try:
+        try:
+            current = alarm  # from here, the handler may raise _Expired
+            call(fd, op)
+        finally:
+            current = None
+    except _Expired:
+        # Raised out of the call, or (a deadline met by a grant) just after it.
+        undo(fd)
+        return False
+    finally:
+        _disarm(alarm)
+    return True
+
+
+def _arm(deadline: float) -> Alarm | None:
+    global _timer
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = _raw.getsignal(_SIGNAL)
+    if handler is not _handler:
+        if handler != signal.SIG_DFL:
+            return None
+        try:
+            signal.signal(_SIGNAL, _handler)
+        except (ValueError, OSError):  # a subinterpreter, say
+            return None
+    if _SIGNAL in _raw.pthread_sigmask(signal.SIG_BLOCK, ()):
+        return None
+    if _timer is None:
+        _timer = _Timer()
+    return _timer.arm(deadline)
+
+
+def _disarm(alarm: Alarm) -> None:
+    if _timer is not None:
+        _timer.disarm(alarm)
+
+
+def _after_fork_in_child() -> None:
+    global _timer, current
+    _timer = None  # its thread does not exist here
+    current = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
