@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import pickle
 import signal
@@ -144,6 +145,39 @@ def test_minus_one_means_no_timeout(make_lock: MakeLock) -> None:
     lock = make_lock()
     assert lock.acquire(timeout=-1)
     lock.release()
+
+
+@pytest.mark.parametrize("huge", [1e300, float("inf")])
+@pytest.mark.parametrize("where", ["main thread", "other thread"])
+def test_timeout_too_long_to_wait_means_no_timeout(
+    make_lock: MakeLock, procs: Procs, huge: float, where: str
+) -> None:
+    lock = make_lock(timeout=huge)
+    assert lock.timeout is None
+    ctx = multiprocessing.get_context("fork")
+    acquired, release = ctx.Event(), ctx.Event()
+    procs.start(ctx, workers.hold_until, lock, acquired, release)
+    assert acquired.wait(WAIT)
+    results: list[object] = []
+
+    def wait() -> None:
+        try:
+            results.append(lock.acquire(timeout=huge))
+            lock.release()
+        except Exception as exc:  # an OverflowError, say: reported below
+            results.append(exc)
+
+    # The holder lets go at once: the wait usually starts first (and would
+    # fail on the huge timeout), else it finds the lock free.
+    other = threading.Thread(target=release.set if where == "main thread" else wait)
+    other.start()
+    if where == "main thread":
+        wait()
+    else:
+        release.set()
+    other.join(WAIT)
+    assert results == [True]
+    assert procs.join_all() == [0]
 
 
 def test_nonblocking_with_timeout_is_an_error(make_lock: MakeLock) -> None:

@@ -29,7 +29,8 @@ _monotonic = time.monotonic
 
 
 def check_timeout(timeout: object, *, minus_one: bool = False) -> float | None:
-    """Validate a timeout: ``None`` or seconds ``>= 0`` (``-1`` means None when allowed).
+    """Validate a timeout: ``None`` or seconds ``>= 0`` (``-1`` means None when
+    allowed; so does a timeout too long for a thread to wait, infinity included).
 
     Raises:
         TypeError: not a number (a bool or str, say).
@@ -46,7 +47,8 @@ def check_timeout(timeout: object, *, minus_one: bool = False) -> float | None:
         if minus_one and value == -1:
             return None
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-    return None if value == math.inf else value
+    # Beyond what a thread can wait for (about 292 years): no timeout at all.
+    return None if value >= threading.TIMEOUT_MAX else value
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -132,7 +132,7 @@ class _Timer:
                     self._seq += 1
                     heapq.heappush(heap, (now + alarm.resend, self._seq, alarm))
                     alarm.resend = min(alarm.resend * 2, _RESEND_MAX_S)
-                self._cond.wait(heap[0][0] - now if heap else None)
+                self._cond.wait(min(heap[0][0] - now, threading.TIMEOUT_MAX) if heap else None)
 
 
 _timer: _Timer | None = None
