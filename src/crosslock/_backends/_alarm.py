@@ -23,6 +23,7 @@ interrupt it; so until the waiter ends its wait, the timer sends it again
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import signal
@@ -43,6 +44,10 @@ _monotonic = time.monotonic
 _ARMED, _FIRED, _DONE = 0, 1, 2
 _RESEND_FIRST_S = 0.001
 _RESEND_MAX_S = 0.1
+#: A wait ends within microseconds of a signal that reaches its kernel call;
+#: an alarm still not ended after this many is one whose wait is gone (a
+#: Ctrl-C landed in its set-up, say): stop pestering the main thread.
+_MAX_SENDS = 20
 
 
 class _Expired(BaseException):
@@ -52,12 +57,14 @@ class _Expired(BaseException):
 class Alarm:
     """One deadline of the main thread's wait."""
 
-    __slots__ = ("deadline", "resend", "state")
+    __slots__ = ("deadline", "queued", "resend", "sends", "state")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.state = _ARMED
+        self.queued = False  # whether the timer's heap holds an entry for it
         self.resend = _RESEND_FIRST_S
+        self.sends = 0
 
 
 #: The alarm of the wait the main thread is in (set only around the kernel
@@ -83,8 +90,8 @@ class _Timer:
         self._target = threading.main_thread().ident or 0
         self._thread: threading.Thread | None = None
 
-    def arm(self, deadline: float) -> Alarm:
-        alarm = Alarm(deadline)
+    def arm(self, alarm: Alarm) -> None:
+        deadline = alarm.deadline
         lock = self._lock
         lock.acquire()
         try:
@@ -92,6 +99,7 @@ class _Timer:
             self._seq += 1
             earliest = not heap or deadline < heap[0][0]
             heapq.heappush(heap, (deadline, self._seq, alarm))
+            alarm.queued = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="crosslock-timer", daemon=True)
                 self._thread.start()
@@ -99,17 +107,22 @@ class _Timer:
                 self._cond.notify()
         finally:
             lock.release()
-        return alarm
 
     def disarm(self, alarm: Alarm) -> None:
         lock = self._lock
         lock.acquire()
         try:
+            if alarm.state == _DONE:
+                return
             alarm.state = _DONE
-            self._dead += 1
+            if alarm.queued:
+                self._dead += 1
             heap = self._heap
             if self._dead > 64 and self._dead * 2 > len(heap):
                 # Ended waits pile up when deadlines are far: sweep them out.
+                for entry in heap:
+                    if entry[2].state == _DONE:
+                        entry[2].queued = False
                 heap[:] = [entry for entry in heap if entry[2].state != _DONE]
                 heapq.heapify(heap)
                 self._dead = 0
@@ -123,15 +136,20 @@ class _Timer:
                 now = _monotonic()
                 while heap and heap[0][0] <= now:
                     alarm = heapq.heappop(heap)[2]
+                    alarm.queued = False
                     if alarm.state == _DONE:
                         self._dead -= 1
                         continue
                     alarm.state = _FIRED
-                    signal.pthread_kill(self._target, _SIGNAL)
-                    # Sent again until the wait ends (see the module's text).
-                    self._seq += 1
-                    heapq.heappush(heap, (now + alarm.resend, self._seq, alarm))
-                    alarm.resend = min(alarm.resend * 2, _RESEND_MAX_S)
+                    with contextlib.suppress(OSError):
+                        signal.pthread_kill(self._target, _SIGNAL)
+                    alarm.sends += 1
+                    if alarm.sends < _MAX_SENDS:
+                        # Sent again until the wait ends (see the module's text).
+                        self._seq += 1
+                        heapq.heappush(heap, (now + alarm.resend, self._seq, alarm))
+                        alarm.queued = True
+                        alarm.resend = min(alarm.resend * 2, _RESEND_MAX_S)
                 self._cond.wait(min(heap[0][0] - now, threading.TIMEOUT_MAX) if heap else None)
 
 
@@ -150,10 +168,10 @@ def block(
     way (it is not the main thread, or the program handles or blocks ``SIGURG``).
     """
     global current
-    alarm = _arm(deadline)
-    if alarm is None:
-        return None
+    alarm = Alarm(deadline)
     try:
+        if not _arm(alarm):
+            return None
         try:
             current = alarm  # from here, the handler may raise _Expired
             call(fd, op)
@@ -164,32 +182,31 @@ def block(
         undo(fd)
         return False
     finally:
-        _disarm(alarm)
+        if _timer is not None:
+            _timer.disarm(alarm)
     return True
 
 
-def _arm(deadline: float) -> Alarm | None:
+def _arm(alarm: Alarm) -> bool:
+    """Have the timer end the main thread's wait at ``alarm``'s deadline
+    (``False``: not possible, see :func:`block`)."""
     global _timer
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return False
     handler = _raw.getsignal(_SIGNAL)
     if handler is not _handler:
         if handler != signal.SIG_DFL:
-            return None
+            return False
         try:
             signal.signal(_SIGNAL, _handler)
         except (ValueError, OSError):  # a subinterpreter, say
-            return None
+            return False
     if _SIGNAL in _raw.pthread_sigmask(signal.SIG_BLOCK, ()):
-        return None
+        return False
     if _timer is None:
         _timer = _Timer()
-    return _timer.arm(deadline)
-
-
-def _disarm(alarm: Alarm) -> None:
-    if _timer is not None:
-        _timer.disarm(alarm)
+    _timer.arm(alarm)
+    return True
 
 
 def _after_fork_in_child() -> None:
