@@ -5,9 +5,9 @@ deadline must end that call too, without a poll and without a second thread
 in the way of the hand-off. In the main thread that is possible: a timer
 thread sends the main thread a signal when the deadline passes, the kernel
 call fails with EINTR, and the signal's handler raises an exception out of
-it (see :func:`block`). Other threads cannot be reached that way (Python retries their
-interrupted calls and runs handlers only in the main thread), so they wait
-in a helper thread instead (see ``_file``).
+it (see :func:`block`). Other threads cannot be reached that way (Python
+retries their interrupted calls and runs handlers only in the main thread),
+so they wait in a helper thread instead (see ``_file``).
 
 The signal is ``SIGURG``, whose default action is to ignore it. Its handler
 is installed on the first timed wait in the main thread, only when nobody
@@ -18,7 +18,8 @@ handler simply makes later timed waits use the helper thread.
 
 A signal can land just before the kernel call starts, when it cannot
 interrupt it; so until the waiter ends its wait, the timer sends it again
-(after 1 ms, then ever more rarely). That only happens after the deadline.
+(after 1 ms, then ever more rarely, at least every 100 ms). That only
+happens after the deadline.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ _monotonic = time.monotonic
 _ARMED, _FIRED, _DONE = 0, 1, 2
 _RESEND_FIRST_S = 0.001
 _RESEND_MAX_S = 0.1
-#: A wait ends within microseconds of a signal that reaches its kernel call;
-#: an alarm still not ended after this many is one whose wait is gone (a
-#: Ctrl-C landed in its set-up, say): stop pestering the main thread.
+#: Sends of an alarm whose wait is not in its kernel call (not yet, or no
+#: more: a Ctrl-C that landed in its set-up or tidy-up leaves it armed): a
+#: wait gets there within microseconds, so after these the timer stops.
 _MAX_SENDS = 20
 
 
@@ -101,8 +102,9 @@ class _Timer:
             heapq.heappush(heap, (deadline, self._seq, alarm))
             alarm.queued = True
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="crosslock-timer", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="crosslock-timer", daemon=True)
+                thread.start()
+                self._thread = thread  # (not before: a start cut short is tried again)
             elif earliest:
                 self._cond.notify()
         finally:
@@ -144,7 +146,7 @@ class _Timer:
                     with contextlib.suppress(OSError):
                         signal.pthread_kill(self._target, _SIGNAL)
                     alarm.sends += 1
-                    if alarm.sends < _MAX_SENDS:
+                    if current is alarm or alarm.sends < _MAX_SENDS:
                         # Sent again until the wait ends (see the module's text).
                         self._seq += 1
                         heapq.heappush(heap, (now + alarm.resend, self._seq, alarm))
