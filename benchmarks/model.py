@@ -94,6 +94,8 @@ class Goal:
     bound: float
     #: how the figures read (a :class:`Column` kind: ``time``, ``rate``, ``ms``, ``count``, ``kib``)
     unit: str = "time"
+    #: the same ratio for the Python floor subject, when this run measured it
+    floor: float | None = None
 
     @property
     def ratio(self) -> float | None:

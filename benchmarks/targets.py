@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .model import Goal, Table
-from .subjects import BASELINE
+from .subjects import BASELINE, FLOOR
 
 __all__ = ["local_goals"]
 
@@ -71,7 +71,12 @@ def local_goals(tables: Sequence[Table]) -> list[Goal]:
         denominator = _value(by_key, table, bottom, column)
         if numerator is None and denominator is None:
             continue
-        goals.append(Goal(key, text, (top, numerator), (bottom, denominator), kind, bound, unit))
+        floor = None
+        if top in (FILE, TIMED) and bottom == BASELINE:
+            # What the least Python lock with crosslock's file checks reaches (no timeout).
+            least = _value(by_key, table, FLOOR, column)
+            floor = least / denominator if least and denominator else None
+        goals.append(Goal(key, text, (top, numerator), (bottom, denominator), kind, bound, unit, floor))
     locks = _value(by_key, "memory", FILE, "locks")
     if locks is not None:
         for key, text, column, limit, unit in _MEMORY:
