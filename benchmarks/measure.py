@@ -25,7 +25,7 @@ from . import sandbox
 from .stats import median, percentile
 from .subjects import Handle, Subject
 
-__all__ = ["handoff", "import_cost", "memory", "round_trips", "throughput", "uncontended"]
+__all__ = ["handoff", "handoff_stats", "import_cost", "memory", "round_trips", "throughput", "uncontended"]
 
 #: How long a holder waits, once the waiter said it is about to block, before releasing.
 SETTLE_S = 0.002
@@ -135,9 +135,10 @@ def _handoff_worker(
     return {"released": released, "acquired": acquired, "cpu_ns": cpu, "waits": waits}
 
 
-def handoff(subject: Subject, path: str, n: int, budget_s: float) -> dict[str, float]:
-    """Latency from the holder's release to the blocked waiter's return, ``n``
-    times, or fewer if they take more than ``budget_s`` seconds in all."""
+def handoff(subject: Subject, path: str, n: int, budget_s: float) -> dict[str, Any]:
+    """Latencies from the holder's release to the blocked waiter's return, ``n``
+    times, or fewer if they take more than ``budget_s`` seconds in all; and the
+    waiters' CPU time. :func:`handoff_stats` sums rounds of these up."""
     inherited = subject.make(path) if subject.inherit else None
     a, b = sandbox.CTX.Pipe()
     stop_at = _clock() + round(budget_s * 1e9)
@@ -149,15 +150,24 @@ def handoff(subject: Subject, path: str, n: int, budget_s: float) -> dict[str, f
     )
     released = {**players[0]["released"], **players[1]["released"]}
     acquired = {**players[0]["acquired"], **players[1]["acquired"]}
-    latencies = sorted(t1 - released[k] for k, t1 in acquired.items())
-    n = len(latencies)
-    waits = players[0]["waits"] + players[1]["waits"]
+    return {
+        "latencies": [t1 - released[k] for k, t1 in acquired.items()],
+        "cpu_ns": players[0]["cpu_ns"] + players[1]["cpu_ns"],
+        "waits": players[0]["waits"] + players[1]["waits"],
+    }
+
+
+def handoff_stats(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Median, p99 and max over the hand-offs of every round, and the waiters'
+    CPU time per hand-off."""
+    latencies = sorted(x for r in rounds for x in r["latencies"])
+    waits = sum(r["waits"] for r in rounds)
     return {
         "median_ns": median(latencies),
         "p99_ns": percentile(latencies, 99),
         "max_ns": float(latencies[-1]),
-        "cpu_ns_per_handoff": (players[0]["cpu_ns"] + players[1]["cpu_ns"]) / max(waits, 1),
-        "handoffs": float(n),
+        "cpu_ns_per_handoff": sum(r["cpu_ns"] for r in rounds) / max(waits, 1),
+        "handoffs": float(len(latencies)),
     }
 
 
