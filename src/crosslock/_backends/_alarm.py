@@ -25,7 +25,6 @@ happens after the deadline.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import os
 import signal
 import threading
@@ -42,7 +41,9 @@ except ImportError:  # pragma: no cover - not CPython
 
 _SIGNAL = int(signal.SIGURG)
 _monotonic = time.monotonic
-_ARMED, _FIRED, _DONE = 0, 1, 2
+_get_ident = threading.get_ident
+#: the main thread (after fork(), the thread that forked)
+_main = threading.main_thread().ident
 _RESEND_FIRST_S = 0.001
 _RESEND_MAX_S = 0.1
 #: Sends of an alarm whose wait is not in its kernel call (not yet, or no
@@ -56,18 +57,26 @@ class _Expired(BaseException):
 
 
 class Alarm:
-    """One deadline of the main thread's wait."""
+    """The deadline of one wait of the main thread.
 
-    __slots__ = ("deadline", "queued", "resend", "sends", "state")
+    The waiter writes only ``done``, the timer only ``fired`` and its resend
+    schedule: neither needs a lock to tell the other.
+    """
+
+    __slots__ = ("deadline", "done", "fired", "next", "resend", "sends")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.state = _ARMED
-        self.queued = False  # whether the timer's heap holds an entry for it
+        self.done = False  # the wait is over
+        self.fired = False  # the timer sent the signal
+        self.next = deadline  # when the timer sends it (again)
         self.resend = _RESEND_FIRST_S
         self.sends = 0
 
 
+#: The alarm of the main thread's latest wait: the main thread waits once at a
+#: time, so one slot is all the timer watches.
+armed: Alarm | None = None
 #: The alarm of the wait the main thread is in (set only around the kernel
 #: call, read by the handler, which runs in the main thread too).
 current: Alarm | None = None
@@ -75,84 +84,59 @@ current: Alarm | None = None
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     alarm = current
-    if alarm is not None and alarm.state == _FIRED:
+    if alarm is not None and alarm.fired:
         raise _Expired
 
 
 class _Timer:
-    """A thread that sends the main thread the signal at each armed deadline."""
+    """A thread that sends the main thread the signal when the armed deadline passes.
 
-    def __init__(self) -> None:
+    Arming costs the waiter no lock: it writes the slot, then reads when the
+    timer will look next, and wakes it only if that is after the new deadline
+    (the timer writes that time, then reads the slot again, so one of the two
+    sees the other's write). Deadlines of back-to-back waits rarely come
+    sooner than the one the timer sleeps towards, so it mostly sleeps on.
+    """
+
+    def __init__(self, target: int) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._heap: list[tuple[float, int, Alarm]] = []
-        self._seq = 0
-        self._dead = 0  # entries of ended waits still in the heap
-        self._target = threading.main_thread().ident or 0
-        self._thread: threading.Thread | None = None
+        self._target = target
+        #: when the timer looks at the slot next (inf: when woken)
+        self.wake_at = float("inf")
+        thread = threading.Thread(target=self._run, name="crosslock-timer", daemon=True)
+        thread.start()
 
-    def arm(self, alarm: Alarm) -> None:
-        deadline = alarm.deadline
-        lock = self._lock
-        lock.acquire()
-        try:
-            heap = self._heap
-            self._seq += 1
-            earliest = not heap or deadline < heap[0][0]
-            heapq.heappush(heap, (deadline, self._seq, alarm))
-            alarm.queued = True
-            if self._thread is None:
-                thread = threading.Thread(target=self._run, name="crosslock-timer", daemon=True)
-                thread.start()
-                self._thread = thread  # (not before: a start cut short is tried again)
-            elif earliest:
-                self._cond.notify()
-        finally:
-            lock.release()
-
-    def disarm(self, alarm: Alarm) -> None:
-        lock = self._lock
-        lock.acquire()
-        try:
-            if alarm.state == _DONE:
-                return
-            alarm.state = _DONE
-            if alarm.queued:
-                self._dead += 1
-            heap = self._heap
-            if self._dead > 64 and self._dead * 2 > len(heap):
-                # Ended waits pile up when deadlines are far: sweep them out.
-                for entry in heap:
-                    if entry[2].state == _DONE:
-                        entry[2].queued = False
-                heap[:] = [entry for entry in heap if entry[2].state != _DONE]
-                heapq.heapify(heap)
-                self._dead = 0
-        finally:
-            lock.release()
+    def poke(self) -> None:
+        # The C lock's own `with`, not the condition's (Python code: a Ctrl-C
+        # landing in it could leave the lock held and the timer stuck).
+        with self._lock:
+            self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:
-            heap = self._heap
             while True:
+                alarm = armed
                 now = _monotonic()
-                while heap and heap[0][0] <= now:
-                    alarm = heapq.heappop(heap)[2]
-                    alarm.queued = False
-                    if alarm.state == _DONE:
-                        self._dead -= 1
-                        continue
-                    alarm.state = _FIRED
-                    with contextlib.suppress(OSError):
-                        signal.pthread_kill(self._target, _SIGNAL)
-                    alarm.sends += 1
-                    if current is alarm or alarm.sends < _MAX_SENDS:
-                        # Sent again until the wait ends (see the module's text).
-                        self._seq += 1
-                        heapq.heappush(heap, (now + alarm.resend, self._seq, alarm))
-                        alarm.queued = True
-                        alarm.resend = min(alarm.resend * 2, _RESEND_MAX_S)
-                self._cond.wait(min(heap[0][0] - now, threading.TIMEOUT_MAX) if heap else None)
+                wake = float("inf")
+                if alarm is not None and not alarm.done:
+                    if alarm.next <= now:
+                        self._send(alarm, now)
+                    if not alarm.done and (current is alarm or alarm.sends < _MAX_SENDS):
+                        wake = alarm.next
+                self.wake_at = wake
+                if armed is not alarm:
+                    continue  # armed meanwhile: look again
+                self._cond.wait(min(wake - now, threading.TIMEOUT_MAX) if wake != float("inf") else None)
+
+    def _send(self, alarm: Alarm, now: float) -> None:
+        alarm.fired = True
+        with contextlib.suppress(OSError):
+            signal.pthread_kill(self._target, _SIGNAL)
+        # Sent again until the wait ends (see the module's text).
+        alarm.sends += 1
+        alarm.next = now + alarm.resend
+        alarm.resend = min(alarm.resend * 2, _RESEND_MAX_S)
 
 
 _timer: _Timer | None = None
@@ -184,16 +168,15 @@ def block(
         undo(fd)
         return False
     finally:
-        if _timer is not None:
-            _timer.disarm(alarm)
+        alarm.done = True
     return True
 
 
 def _arm(alarm: Alarm) -> bool:
     """Have the timer end the main thread's wait at ``alarm``'s deadline
     (``False``: not possible, see :func:`block`)."""
-    global _timer
-    if threading.current_thread() is not threading.main_thread():
+    global _timer, armed
+    if _get_ident() != _main:
         return False
     handler = _raw.getsignal(_SIGNAL)
     if handler is not _handler:
@@ -205,16 +188,20 @@ def _arm(alarm: Alarm) -> bool:
             return False
     if _SIGNAL in _raw.pthread_sigmask(signal.SIG_BLOCK, ()):
         return False
-    if _timer is None:
-        _timer = _Timer()
-    _timer.arm(alarm)
+    armed = alarm
+    timer = _timer
+    if timer is None:
+        _timer = _Timer(_main or 0)  # its first look finds the alarm
+    elif alarm.deadline < timer.wake_at:
+        timer.poke()
     return True
 
 
 def _after_fork_in_child() -> None:
-    global _timer, current
+    global _timer, current, armed, _main
     _timer = None  # its thread does not exist here
-    current = None
+    current = armed = None
+    _main = _get_ident()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
