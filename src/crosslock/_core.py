@@ -11,6 +11,10 @@ Threads of one process wait for each other on a condition variable (woken by
 the release); the first waiter asks the backend, which waits in the kernel or
 the server. After ``fork()`` the child starts with every core free and its
 backends' inherited resources dropped without releasing the parent's holds.
+
+A backend may bring a core of its own that does the same with less
+(:meth:`Target.new_core`): the file backend's ``FileCore`` (a gate lock that
+wakes one waiting thread) and the multiprocessing backend's ``MPCore``.
 """
 
 from __future__ import annotations
@@ -300,7 +304,7 @@ def not_held_message(name: str, free: bool) -> str:
 _registry: weakref.WeakValueDictionary[Hashable, AnyCore] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
 #: Cores held by this process: kept alive even if every Lock object is gone.
-_held: set[Core] = set()
+_held: set[object] = set()
 
 
 #: Backends of cores that were garbage-collected, closed by the next get_core().

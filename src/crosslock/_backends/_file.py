@@ -36,7 +36,8 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from .. import _record
-from .._errors import LockError, LockLost
+from .._core import TRY, _held, not_held_message
+from .._errors import LockError, LockLost, NotHeldError
 from .._paths import lock_path
 from . import _watch
 from ._base import Backend, Target, no_options
@@ -49,6 +50,7 @@ _flock = _os.flock
 _TRY_SH = _os.LOCK_SH | _os.LOCK_NB
 _TRY_EX = _os.LOCK_EX | _os.LOCK_NB
 _UN = _os.LOCK_UN
+_time = time.time
 
 __all__ = ["FileBackend", "FileTarget"]
 
@@ -82,6 +84,9 @@ class FileTarget(Target):
 
     def open(self) -> Backend:
         return FileBackend(self.path)
+
+    def new_core(self) -> FileCore | None:
+        return FileCore(self)
 
 
 def identity(fd: int, path: str, lock_file: bool = True) -> tuple[int, int]:
@@ -244,6 +249,19 @@ class FileBackend(Backend):
         return self._acquire(shared, deadline)
 
     def wait(self, shared: bool, deadline: float | None) -> bool:
+        fd = self._fd
+        if deadline is None and fd >= 0:
+            # The wait without a timeout, inlined: it is the hand-off's path.
+            _flock(fd, _os.LOCK_SH if shared else _os.LOCK_EX)
+            watcher = self._watcher
+            if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
+                return True
+            if self._at_path():
+                return True
+            # The file moved: let it go; _acquire locks the one at the path now.
+            _os.unlock(fd)
+            self._drop_fd()
+            return self._acquire(shared, deadline)
         return self._acquire(shared, deadline, tried=True)
 
     def _acquire(self, shared: bool, deadline: float | None, tried: bool = False) -> bool:
@@ -432,3 +450,250 @@ class FileBackend(Backend):
     def fd(self) -> int:
         """The descriptor that holds the lock (changes when a wait is adopted)."""
         return self._fd
+
+
+# -- the file backend's core -------------------------------------------------
+
+
+class FileCore:
+    """This process's state for one lock file: who holds it, how often.
+
+    What :class:`crosslock._core.Core` does for every backend, done here with
+    less for the file backend, whose hand-off and uncontended pair are the
+    measured hot paths. A *gate* (a plain lock) admits one thread of the
+    process at a time to the lock file: the holding thread keeps it for its
+    whole hold (a shared hold: the first reader takes it, the last one gives
+    it back), and so does a thread waiting in the kernel for the process.
+    Other threads of the process wait on the gate itself, woken by the
+    release. Only the gate's holder writes the exclusive state, so that needs
+    no guard of its own; a mutex guards the readers and what holders may ask
+    concurrently (token, details). Holding: ``_owner`` set (exclusive), or
+    ``_readers`` not empty (shared).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_backend",
+        "_busy",
+        "_depth",
+        "_gate",
+        "_mutex",
+        "_owner",
+        "_readers",
+        "_since",
+        "_token",
+        "_waiting",
+        "target",
+    )
+
+    def __init__(self, target: FileTarget) -> None:
+        self.target = target
+        self._backend = FileBackend(target.path)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._gate = threading.Lock()
+        self._mutex = threading.Lock()
+        self._owner: object = None
+        self._depth = 0
+        self._readers: dict[object, int] = {}
+        self._since = 0.0
+        self._token: int | None = None
+        self._busy = False  # a thread of this process waits in the kernel
+        self._waiting = 0  # threads of this process waiting for the gate
+
+    # -- acquire -------------------------------------------------------------
+    #
+    # A Ctrl-C (KeyboardInterrupt) can land at any call or function entry: from
+    # the gate's acquisition on, everything runs in one try whose handler gives
+    # back what may be held -- the lock file, the state, the gate.
+
+    def acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
+        if self._owner == owner:
+            self._depth += 1
+            return True
+        gate = self._gate
+        if not gate.acquire(False):
+            return self._acquire(owner, shared, deadline)
+        backend = self._backend
+        try:
+            if not shared:
+                # The common case, inlined: the process held nothing, the file
+                # is free, and no watched file changed.
+                try:
+                    _flock(backend._fd, _TRY_EX)
+                except (OSError, ValueError):  # held by another process; no descriptor kept (-1)
+                    pass
+                else:
+                    watcher = backend._watcher
+                    if (
+                        watcher is not None
+                        and not watcher.queued(0, 1)
+                        and not watcher.draining
+                        and not backend._dirty
+                    ):
+                        self._owner = owner
+                        self._depth = 1
+                        self._since = _time()
+                        _held.add(self)
+                        return True
+                    _os.unlock(backend._fd)  # a full check is due: _take makes it
+            if self._take(shared, deadline):
+                self._grant(owner, shared)
+                return True
+        except BaseException:
+            self._give_back(owner)
+            raise
+        gate.release()
+        return False
+
+    def _acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
+        """Another thread of this process holds the lock or waits for it."""
+        with self._mutex:
+            n = self._readers.get(owner)
+            if n is not None:
+                if not shared:
+                    raise LockError(
+                        f"cannot take lock {self.target.display!r} exclusively while this "
+                        "thread holds it shared; release the shared hold first"
+                    )
+                self._readers[owner] = n + 1
+                return True
+            if shared and self._readers and not self._waiting:
+                self._readers[owner] = 1  # join the process's shared hold
+                return True
+            if deadline is None:
+                remaining = -1.0
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+            self._waiting += 1
+        try:
+            got = self._gate.acquire(True, remaining)
+        finally:
+            with self._mutex:
+                self._waiting -= 1
+        if not got:
+            return False
+        try:
+            if self._take(shared, deadline):
+                self._grant(owner, shared)
+                return True
+        except BaseException:
+            self._give_back(owner)
+            raise
+        self._gate.release()
+        return False
+
+    def _take(self, shared: bool, deadline: float | None) -> bool:
+        """Take the lock file for the process (this thread holds the gate)."""
+        backend = self._backend
+        if backend.acquire(shared, TRY):
+            return True
+        if deadline is not None and deadline <= time.monotonic():
+            return False
+        self._busy = True
+        try:
+            return backend.wait(shared, deadline)
+        finally:
+            self._busy = False
+
+    def _grant(self, owner: object, shared: bool) -> None:
+        if shared:
+            with self._mutex:
+                self._readers[owner] = 1
+        else:
+            self._owner = owner
+            self._depth = 1
+        self._since = _time()
+        _held.add(self)
+
+    def _give_back(self, owner: object) -> None:
+        """An acquisition by ``owner`` was interrupted at an unknown point, with
+        the gate held: hold nothing, and let the gate go."""
+        try:
+            self._backend.cancel()
+        finally:
+            if self._owner == owner:
+                self._owner = None
+            with self._mutex:
+                self._readers.pop(owner, None)
+            _held.discard(self)
+            self._gate.release()
+
+    # -- release -------------------------------------------------------------
+
+    def release(self, owner: object) -> None:
+        if self._owner == owner:
+            depth = self._depth - 1
+            if depth:
+                self._depth = depth
+                return
+            # Give the lock up first (the others wait for that), then tidy up.
+            backend = self._backend
+            try:
+                watcher = backend._watcher
+                if watcher is None or watcher.queued(0, 1) or watcher.draining or backend._dirty:
+                    backend.release()  # checks the path; raises LockLost
+                else:
+                    _flock(backend._fd, _UN)
+            except BaseException:
+                backend.cancel()  # interrupted before the unlock, maybe: unlock
+                raise
+            finally:
+                self._owner = None
+                self._token = None
+                _held.discard(self)
+                self._gate.release()
+            return
+        with self._mutex:
+            n = self._readers.get(owner)
+            if n is None:
+                free = self._owner is None and not self._readers
+                raise NotHeldError(not_held_message(self.target.display, free))
+            if n > 1:
+                self._readers[owner] = n - 1
+                return
+            del self._readers[owner]
+            if self._readers:
+                return
+            try:
+                self._backend.release()
+            except BaseException:
+                self._backend.cancel()
+                raise
+            finally:
+                self._token = None
+                _held.discard(self)
+                self._gate.release()
+
+    # -- queries -------------------------------------------------------------
+
+    def held_by(self, owner: object) -> bool:
+        if self._owner == owner or owner in self._readers:
+            return not self._backend.lost()
+        return False
+
+    def locked(self) -> bool:
+        if self._owner is not None or self._readers:
+            return True
+        return self._backend.locked()
+
+    def token(self, owner: object) -> int | None:
+        with self._mutex:
+            if not (self._owner == owner or owner in self._readers) or self._backend.lost():
+                return None
+            if self._token is None:
+                self._token = self._backend.token(bool(self._readers), self._since)
+            return self._token
+
+    def publish(self, details: dict[str, Any]) -> None:
+        with self._mutex:
+            if self._owner is not None or self._readers:
+                self._backend.publish(self._since, details)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's holds stay the parent's: this process holds nothing.
+        self._reset()
+        self._backend.forget()

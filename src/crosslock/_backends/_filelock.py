@@ -49,6 +49,9 @@ class FilelockTarget(FileTarget):
     def open(self) -> Backend:
         return FilelockBackend(self.path)
 
+    def new_core(self) -> None:
+        return None  # the generic core: the file backend's own is for flock
+
 
 class FilelockBackend(Backend):
     kind = "filelock"
