@@ -250,9 +250,19 @@ class FileBackend(Backend):
 
     def wait(self, shared: bool, deadline: float | None) -> bool:
         fd = self._fd
-        if deadline is None and fd >= 0:
-            # The wait without a timeout, inlined: it is the hand-off's path.
-            _flock(fd, _os.LOCK_SH if shared else _os.LOCK_EX)
+        if fd >= 0:
+            # The wait in this thread, inlined: it is the hand-off's path.
+            mode = _os.LOCK_SH if shared else _os.LOCK_EX
+            if deadline is None:
+                _flock(fd, mode)
+            elif sys.platform == "win32":
+                return self._acquire(shared, deadline, tried=True)
+            else:
+                granted = _alarm.block(deadline, _flock, fd, mode, _os.unlock)
+                if not granted:
+                    if granted is None:  # not in this thread: in a helper
+                        return self._acquire(shared, deadline, tried=True)
+                    return False
             watcher = self._watcher
             if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
                 return True
