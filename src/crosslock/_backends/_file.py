@@ -526,13 +526,16 @@ class FileCore:
         if not gate.acquire(False):
             return self._acquire(owner, shared, deadline)
         backend = self._backend
+        tried = False
         try:
             if not shared:
                 # The common case, inlined: the process held nothing, the file
                 # is free, and no watched file changed.
                 try:
                     _flock(backend._fd, _TRY_EX)
-                except (OSError, ValueError):  # held by another process; no descriptor kept (-1)
+                except BlockingIOError:  # held by another process: wait for it
+                    tried = True
+                except (OSError, ValueError):  # no descriptor kept (-1), say: the full path
                     pass
                 else:
                     watcher = backend._watcher
@@ -548,7 +551,7 @@ class FileCore:
                         _held.add(self)
                         return True
                     _os.unlock(backend._fd)  # a full check is due: _take makes it
-            if self._take(shared, deadline):
+            if self._take(shared, deadline, tried):
                 self._grant(owner, shared)
                 return True
         except BaseException:
@@ -596,10 +599,11 @@ class FileCore:
         self._gate.release()
         return False
 
-    def _take(self, shared: bool, deadline: float | None) -> bool:
-        """Take the lock file for the process (this thread holds the gate)."""
+    def _take(self, shared: bool, deadline: float | None, tried: bool = False) -> bool:
+        """Take the lock file for the process (this thread holds the gate;
+        ``tried``: a try just failed, so go straight to waiting)."""
         backend = self._backend
-        if backend.acquire(shared, TRY):
+        if not tried and backend.acquire(shared, TRY):
             return True
         if deadline is not None and deadline <= time.monotonic():
             return False
