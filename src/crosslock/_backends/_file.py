@@ -555,13 +555,16 @@ class FileCore:
                         and not watcher.queued(0, 1)
                         and not watcher.draining
                         and not backend._dirty
-                    ):
+                    ) or backend._at_path():
                         self._owner = owner
                         self._depth = 1
                         self._since = _time()
                         _held.add(self)
                         return True
-                    _os.unlock(backend._fd)  # a full check is due: _take makes it
+                    # The file was removed or replaced: let it go; _take locks
+                    # the one at the path now.
+                    _os.unlock(backend._fd)
+                    backend._drop_fd()
             if self._take(shared, deadline, tried):
                 self._grant(owner, shared)
                 return True
