@@ -31,7 +31,7 @@ from typing import Any, Protocol, cast
 from ._backends._base import Backend, Target
 from ._errors import LockError, NotHeldError
 
-__all__ = ["TRY", "AnyCore", "Core", "get_core", "not_held_message"]
+__all__ = ["TRY", "AnyCore", "Core", "get_core", "not_held_message", "upgrade_error"]
 
 _monotonic = time.monotonic
 _time = time.time
@@ -147,10 +147,7 @@ class Core:
                 n = self._readers.get(owner)
                 if n is not None:
                     if not shared:
-                        raise LockError(
-                            f"cannot take lock {self.target.display!r} exclusively while this "
-                            "thread holds it shared; release the shared hold first"
-                        )
+                        raise upgrade_error(self.target.display)
                     self._readers[owner] = n + 1
                     return True
             while self._busy or self._mode != _FREE:
@@ -297,6 +294,14 @@ def not_held_message(name: str, free: bool) -> str:
     if free:
         return f"cannot release un-acquired lock {name!r}"
     return f"cannot release lock {name!r}: it is held by another thread or task, not this one"
+
+
+def upgrade_error(name: str) -> LockError:
+    """What a thread that holds lock ``name`` shared gets for asking it exclusively."""
+    return LockError(
+        f"cannot take lock {name!r} exclusively while this thread holds it shared; "
+        "release the shared hold first"
+    )
 
 
 # -- the process-wide registry ------------------------------------------------

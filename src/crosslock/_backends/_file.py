@@ -36,7 +36,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from .. import _record
-from .._core import TRY, _held, not_held_message
+from .._core import TRY, _held, not_held_message, upgrade_error
 from .._errors import LockError, LockLost, NotHeldError
 from .._paths import lock_path
 from . import _watch
@@ -230,7 +230,7 @@ class FileBackend(Backend):
     # -- acquire / release -------------------------------------------------
 
     def acquire(self, shared: bool, deadline: float | None) -> bool:
-        # The common case, inlined: free, and no watched file changed.
+        # The common case first: a try on the kept descriptor, then the check.
         fd = self._fd
         if fd >= 0:
             try:
@@ -239,14 +239,8 @@ class FileBackend(Backend):
                 if deadline is not None and deadline <= time.monotonic():
                     return False  # a try: the caller decides whether to wait
                 return self._acquire(shared, deadline, tried=True)
-            watcher = self._watcher
-            if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
+            if self._kept(fd):
                 return True
-            if self._at_path():
-                return True
-            # The file moved: let it go; _acquire opens the one at the path now.
-            _os.unlock(fd)
-            self._drop_fd()
         return self._acquire(shared, deadline)
 
     def wait(self, shared: bool, deadline: float | None) -> bool:
@@ -264,14 +258,11 @@ class FileBackend(Backend):
                     if granted is None:  # not in this thread: in a helper
                         return self._acquire(shared, deadline, tried=True)
                     return False
-            watcher = self._watcher
+            watcher = self._watcher  # _kept's first check, inlined: the hand-off's path
             if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
                 return True
-            if self._at_path():
+            if self._kept(fd):
                 return True
-            # The file moved: let it go; _acquire locks the one at the path now.
-            _os.unlock(fd)
-            self._drop_fd()
             return self._acquire(shared, deadline)
         return self._acquire(shared, deadline, tried=True)
 
@@ -286,12 +277,8 @@ class FileBackend(Backend):
                     _flock(self._fd, _os.LOCK_SH if shared else _os.LOCK_EX)
                 elif deadline <= time.monotonic() or not self._wait_timed(shared, deadline):
                     return False
-            if self._at_path():
+            if self._kept(self._fd):
                 return True
-            # The file was removed or replaced while we waited: let it go and
-            # take the lock on the file that is at the path now.
-            _os.unlock(self._fd)
-            self._drop_fd()
 
     def _wait_timed(self, shared: bool, deadline: float) -> bool:
         """Wait for the lock on the kept descriptor until ``deadline``."""
@@ -386,6 +373,17 @@ class FileBackend(Backend):
                 f"lock file {self._path!r} was removed or replaced while held, so others "
                 "may have held the lock meanwhile"
             )
+
+    def _kept(self, fd: int) -> bool:
+        """After a grant on ``fd``: whether it is still the file at the path.
+        If not (removed or replaced meanwhile), let it go and drop it, so the
+        next attempt takes the lock on the file that is at the path now and
+        all waiters converge on one file."""
+        if self._at_path():
+            return True
+        _os.unlock(fd)
+        self._drop_fd()
+        return False
 
     def _at_path(self) -> bool:
         """Whether the kept descriptor is still the file at the path."""
@@ -555,16 +553,13 @@ class FileCore:
                         and not watcher.queued(0, 1)
                         and not watcher.draining
                         and not backend._dirty
-                    ) or backend._at_path():
+                    ) or backend._kept(backend._fd):
                         self._owner = owner
                         self._depth = 1
                         self._since = _time()
                         _held.add(self)
                         return True
-                    # The file was removed or replaced: let it go; _take locks
-                    # the one at the path now.
-                    _os.unlock(backend._fd)
-                    backend._drop_fd()
+                    # Not kept (the file moved): _take locks the one there now.
             if self._take(shared, deadline, tried):
                 self._grant(owner, shared)
                 return True
@@ -580,10 +575,7 @@ class FileCore:
             n = self._readers.get(owner)
             if n is not None:
                 if not shared:
-                    raise LockError(
-                        f"cannot take lock {self.target.display!r} exclusively while this "
-                        "thread holds it shared; release the shared hold first"
-                    )
+                    raise upgrade_error(self.target.display)
                 self._readers[owner] = n + 1
                 return True
             if shared and self._readers and not self._waiting:
