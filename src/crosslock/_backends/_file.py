@@ -250,13 +250,16 @@ class FileBackend(Backend):
             mode = _os.LOCK_SH if shared else _os.LOCK_EX
             if deadline is None:
                 _flock(fd, mode)
-            elif sys.platform == "win32":
-                return self._acquire(shared, deadline, tried=True)
             else:
-                granted = _alarm.block(deadline, _flock, fd, mode, _os.unlock)
+                granted: bool | None = None
+                if sys.platform != "win32":
+                    granted = _alarm.block(deadline, _flock, fd, mode, _os.unlock)
+                if granted is None:  # not in this thread: in a helper
+                    if deadline <= time.monotonic():
+                        return False
+                    granted = self._wait_in_helper(shared, deadline)
+                    fd = self._fd  # a wait taken over brings its own descriptor
                 if not granted:
-                    if granted is None:  # not in this thread: in a helper
-                        return self._acquire(shared, deadline, tried=True)
                     return False
             watcher = self._watcher  # _kept's first check, inlined: the hand-off's path
             if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
