@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, final, overload
 
 from . import _core, _registry
 from ._backends._base import Target
@@ -17,6 +17,15 @@ from ._errors import Timeout
 
 if TYPE_CHECKING:
     import asyncio
+
+    from ._backends._file import FileCore
+
+try:  # the file backend's paired system calls (Linux, when built)
+    from ._speedups import LOCK_EX as _EX
+    from ._speedups import drop as _drop
+    from ._speedups import grab as _grab
+except ImportError:  # no file core is fast then (FileCore.fast)
+    pass
 
 __all__ = ["Lock"]
 
@@ -26,6 +35,8 @@ R = TypeVar("R")
 _UNSET: Final[Any] = object()
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
+_time = time.time
+_held = _core._held
 
 
 def check_timeout(timeout: object, *, minus_one: bool = False) -> float | None:
@@ -126,7 +137,7 @@ class Lock:
         BackendUnavailable: the backend's package or server is missing.
     """
 
-    __slots__ = ("__weakref__", "_core", "_shared", "_timeout")
+    __slots__ = ("__weakref__", "_core", "_fast", "_shared", "_timeout")
 
     def __init__(
         self,
@@ -148,15 +159,21 @@ class Lock:
                 "use shared=False, or a backend that can share: file or postgresql://"
             )
         self._shared = shared
-        self._core = _core.get_core(cls.create(name, spec, options))
+        self._set_core(_core.get_core(cls.create(name, spec, options)))
 
     @classmethod
     def _from_target(cls, target: Target, timeout: float | None, shared: bool) -> Lock:
         self = cls.__new__(cls)
         self._timeout = timeout
         self._shared = shared
-        self._core = _core.get_core(target)
+        self._set_core(_core.get_core(target))
         return self
+
+    def _set_core(self, core: _core.AnyCore) -> None:
+        self._core = core
+        #: the core whose common path acquire() and release() take themselves
+        fast = getattr(core, "fast", False) and self._timeout is None and not self._shared
+        self._fast = cast("FileCore", core) if fast else None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Lock._from_target, (self._core.target, self._timeout, self._shared))
@@ -234,6 +251,34 @@ class Lock:
             AbandonedLockError: the holder died and the backend cannot free
                 the lock (``multiprocessing``).
         """
+        core = self._fast
+        if core is not None and blocking and timeout is _UNSET:
+            # The file backend's common call, in one frame: the process's gate,
+            # then flock and the check that the file is still at its path in
+            # one call (FileCore tells what each field means).
+            me = _get_ident()
+            if core._owner == me:
+                core._depth += 1
+                return True
+            if not core._gate.acquire(False):
+                return core._acquire(me, False, None)
+            backend = core._backend
+            try:
+                core._busy = True
+                try:
+                    state = _grab(backend._fd, _EX, backend._quick)
+                finally:
+                    core._busy = False
+                if state:  # held elsewhere, unchecked, no descriptor: the full path
+                    return core.resume(me, state)
+                core._owner = me
+                core._depth = 1
+                core._since = _time()
+                _held.add(core)
+                return True
+            except BaseException:
+                core._give_back(me)
+                raise
         if timeout is _UNSET:
             if blocking:  # the common call, kept short
                 wait = self._timeout
@@ -256,6 +301,26 @@ class Lock:
             NotHeldError: the calling thread does not hold the lock.
             LockLost: the hold had been lost (the lock is released all the same).
         """
+        core = self._fast
+        if core is not None and core._owner == _get_ident():
+            depth = core._depth - 1
+            if depth:
+                core._depth = depth
+                return
+            # The file backend's common call, in one frame (see acquire).
+            backend = core._backend
+            try:
+                if not _drop(backend._fd, backend._quick):
+                    backend.release()  # checks the path first; raises LockLost
+            except BaseException:
+                backend.cancel()  # interrupted before the unlock, maybe: unlock
+                raise
+            finally:
+                core._owner = None
+                core._token = None
+                _held.discard(core)
+                core._gate.release()
+            return
         self._core.release(_get_ident())
 
     def locked(self) -> bool:
@@ -263,8 +328,7 @@ class Lock:
         return self._core.locked()
 
     def __enter__(self) -> Lock:
-        wait = self._timeout
-        if not self._core.acquire(_get_ident(), self._shared, None if wait is None else _deadline(wait)):
+        if not self.acquire():
             raise self._timeout_error()
         return self
 
@@ -274,7 +338,7 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._core.release(_get_ident())
+        self.release()
 
     def _timeout_error(self) -> Timeout:
         return Timeout(

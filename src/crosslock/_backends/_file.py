@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Final
 
 from .. import _record
 from .._core import TRY, _held, not_held_message, upgrade_error
@@ -52,6 +52,10 @@ _TRY_EX = _os.LOCK_EX | _os.LOCK_NB
 _UN = _os.LOCK_UN
 _EX = _os.LOCK_EX
 _time = time.time
+if _watch.speedups is not None:
+    _BUSY, _UNCHECKED = _watch.speedups.BUSY, _watch.speedups.UNCHECKED
+else:
+    _BUSY = _UNCHECKED = -1
 
 __all__ = ["FileBackend", "FileTarget"]
 
@@ -184,7 +188,9 @@ class FileBackend(Backend):
         self._waits: dict[bool, _Wait] = {}
         self._watcher: _watch.Watcher | None = None
         self._wds = (-1, -1)
-        self._dirty = True  # until a watch says otherwise, check with lstat
+        #: the watcher's quick-check descriptor while no event marks this file;
+        #: -1 (check with lstat) until a watch and a full check say otherwise
+        self._quick = -1
         self._fd = -1
         self._set_fd(self._open(path))
 
@@ -204,12 +210,12 @@ class FileBackend(Backend):
             def mark() -> None:
                 backend = ref()
                 if backend is not None:
-                    backend._dirty = True
+                    backend._quick = -1
 
             self._wds = self._watcher.add(fd, os.path.dirname(self._path), id(self), mark)
         # The watch starts now: whatever happened to the file before is only
         # seen by one full check, which the next _at_path makes.
-        self._dirty = True
+        self._quick = -1
 
     def _abandon_fd(self) -> None:
         """Leave the kept descriptor to a helper still waiting on it; unwatch it."""
@@ -217,6 +223,7 @@ class FileBackend(Backend):
             for wd in self._wds:
                 self._watcher.remove(wd, id(self))
             self._wds = (-1, -1)
+        self._quick = -1
         self._fd = -1
 
     def _drop_fd(self) -> None:
@@ -262,7 +269,7 @@ class FileBackend(Backend):
                 if not granted:
                     return False
             watcher = self._watcher  # _kept's first check, inlined: the hand-off's path
-            if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and not self._dirty:
+            if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and self._quick >= 0:
                 return True
             if self._kept(fd):
                 return True
@@ -365,7 +372,7 @@ class FileBackend(Backend):
     def release(self) -> None:
         watcher = self._watcher
         if watcher is not None:
-            quiet = not watcher.queued(0, 1) and not watcher.draining and not self._dirty
+            quiet = not watcher.queued(0, 1) and not watcher.draining and self._quick >= 0
             at_path = quiet or self._at_path()
         else:
             at_path = self._at_path()
@@ -395,20 +402,21 @@ class FileBackend(Backend):
             # Is any event queued? One system call. Nothing queued, no drain
             # under way and not marked: no watched file changed.
             if not watcher.queued(0, 1):
-                if not watcher.draining and not self._dirty:
+                if not watcher.draining and self._quick >= 0:
                     return True
             else:
                 watcher.drain()
-                if not self._dirty:
+                if self._quick >= 0:
                     return True
-        self._dirty = self._wds[0] < 0  # cleared first: a later event marks it again
+        # Cleared first: a later event marks it again.
+        self._quick = watcher.quick if watcher is not None and self._wds[0] >= 0 else -1
         try:
             st = self._stat(self._path)
         except FileNotFoundError:
-            self._dirty = True
+            self._quick = -1
             return False
         if (st.st_dev, st.st_ino) != self._ident:
-            self._dirty = True
+            self._quick = -1
             return False
         return True
 
@@ -449,7 +457,7 @@ class FileBackend(Backend):
         # them alone (removing them would remove the parent's).
         self._watcher = None  # a fresh instance is made when the file is reopened
         self._wds = (-1, -1)
-        self._dirty = True
+        self._quick = -1
         for fd in fds:
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -497,6 +505,10 @@ class FileCore:
         "_waiting",
         "target",
     )
+
+    #: :class:`crosslock.Lock` may take this core's common path itself (in one
+    #: frame, with the C module's paired calls): exclusive, without timeout.
+    fast: Final = _watch.speedups is not None
 
     def __init__(self, target: FileTarget) -> None:
         self.target = target
@@ -555,7 +567,7 @@ class FileCore:
                         watcher is not None
                         and not watcher.queued(0, 1)
                         and not watcher.draining
-                        and not backend._dirty
+                        and backend._quick >= 0
                     ) or backend._kept(backend._fd):
                         self._owner = owner
                         self._depth = 1
@@ -570,6 +582,18 @@ class FileCore:
             self._give_back(owner)
             raise
         gate.release()
+        return False
+
+    def resume(self, owner: object, state: int) -> bool:
+        """Go on with an exclusive acquisition without timeout whose first
+        ``_speedups.grab`` (made by :class:`crosslock.Lock` with the gate held)
+        did not end in a checked grant. The caller's handler gives everything
+        back if this raises."""
+        backend = self._backend
+        if (state == _UNCHECKED and backend._kept(backend._fd)) or self._take(False, None, state == _BUSY):
+            self._grant(owner, False)
+            return True
+        self._gate.release()
         return False
 
     def _acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
@@ -657,7 +681,7 @@ class FileCore:
             backend = self._backend
             try:
                 watcher = backend._watcher
-                if watcher is None or watcher.queued(0, 1) or watcher.draining or backend._dirty:
+                if watcher is None or watcher.queued(0, 1) or watcher.draining or backend._quick < 0:
                     backend.release()  # checks the path; raises LockLost
                 else:
                     _flock(backend._fd, _UN)

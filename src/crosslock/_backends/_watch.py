@@ -7,9 +7,11 @@ process watches every lock file in use (and its folder): the kernel queues an
 event *during* the unlink, rename or link that changes the file, so one
 zero-timeout ``epoll_wait`` on the inotify descriptor -- is anything queued?
 -- tells whether any watched file may have changed (the cheapest such system
-call from Python: about a third less than a ``FIONREAD`` ioctl). Only then
-does crosslock read the events and ``lstat`` the affected paths. Where
-inotify is missing or out of watches, every check is an ``lstat``.
+call from Python: about a third less than a ``FIONREAD`` ioctl; with the
+optional C module ``crosslock._speedups``, the same call made together with
+the ``flock``). Only then does crosslock read the events and ``lstat`` the
+affected paths. Where inotify is missing or out of watches, every check is an
+``lstat``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,28 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["Watcher", "get"]
+__all__ = ["Watcher", "get", "speedups"]
+
+
+def _load_speedups() -> Any:
+    if os.environ.get("CROSSLOCK_NO_SPEEDUPS"):
+        return None
+    try:
+        from .. import _speedups
+    except ImportError:  # not built here: the same in Python
+        return None
+    return _speedups
+
+
+#: The C module pairing flock with the quick check, or ``None`` (pure Python).
+speedups: Final = _load_speedups()
+
+
+def _uncounted(delta: int) -> int:
+    return 0
+
+
+_drains: Callable[[int], int] = speedups.drains if speedups is not None else _uncounted
 
 _IN_ATTRIB: Final = 0x004  # link count (and metadata) changed
 _IN_MOVE_SELF: Final = 0x800
@@ -45,7 +68,10 @@ class Watcher:
         self._epoll = epoll
         #: ``queued(0, 1)`` is a non-empty list when events are queued
         self.queued: Callable[[float, int], list[tuple[int, int]]] = epoll.poll
+        #: the same check's descriptor, for the C module
+        self.quick = epoll.fileno()
         #: drains under way: a quiet queue proves nothing while one runs
+        #: (the C module keeps its own count, for its own checks)
         self.draining = 0
         #: wd -> callbacks marking the affected backends dirty
         self._targets: dict[int, dict[int, Callable[[], None]]] = {}
@@ -79,11 +105,13 @@ class Watcher:
         """Read every queued event and mark the backends it concerns."""
         with self._guard:
             self.draining += 1
+            _drains(1)
         try:
             self._drain()
         finally:
             with self._guard:
                 self.draining -= 1
+                _drains(-1)
 
     def _drain(self) -> None:
         while True:
@@ -151,6 +179,7 @@ def _after_fork_in_child() -> None:
         with contextlib.suppress(OSError):
             os.close(_watcher.fd)
     _watcher, _tried, _lock = None, False, threading.Lock()
+    _drains(-_drains(0))  # a drain in another thread of the parent is not under way here
 
 
 if hasattr(os, "register_at_fork"):
