@@ -44,6 +44,15 @@ def _commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def _speedups() -> str:
+    """Whether crosslock's file locks use its optional C module in this run."""
+    from crosslock._backends import _watch
+
+    if _watch.speedups is not None:
+        return "in use"
+    return "disabled" if os.environ.get("CROSSLOCK_NO_SPEEDUPS") else "not built"
+
+
 def machine() -> dict[str, object]:
     return {
         "cpu": _cpu_model(),
@@ -56,4 +65,5 @@ def machine() -> dict[str, object]:
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
+        "crosslock_c_module": _speedups(),
     }

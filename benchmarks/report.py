@@ -255,7 +255,7 @@ def markdown(
         f"{mode} run of {facts['date']}, {wall_s:.0f} s: {facts['cpu']} ({facts['cores']} cores), "
         f"Python {facts['python']}, Linux {facts['kernel']}; {installed}"
         + (f"; not installed: {', '.join(missing)}" if missing else "")
-        + ".",
+        + f"; crosslock's C module: {facts.get('crosslock_c_module', 'unknown')}.",
         "",
         f"Ratios ({TIMES}) are subject / **{BASELINE}** measured in the same run: above 1{TIMES} "
         f"a time is longer, below 1{TIMES} a rate is lower."

@@ -149,6 +149,12 @@ def _crosslock_file(path: str) -> Handle:
     return crosslock.Lock(path)
 
 
+def _crosslock_pure(path: str) -> Handle:
+    lock = crosslock.Lock(path)
+    lock._fast = None  # its core's own path, as without the C module
+    return lock
+
+
 def _crosslock_timeout(path: str) -> Handle:
     return crosslock.Lock(path, timeout=60)
 
@@ -187,6 +193,13 @@ SUBJECTS: tuple[Subject, ...] = (
     ),
     Subject("multiprocessing.Lock", _mp_lock, inherit=True, note="a fork-context semaphore"),
     Subject("crosslock file", _crosslock_file, inherit=True, note="crosslock.Lock(path)"),
+    Subject(
+        "crosslock file, pure Python",
+        _crosslock_pure,
+        inherit=True,
+        note="crosslock.Lock(path) without its optional C module (as with CROSSLOCK_NO_SPEEDUPS=1)",
+        linux_only=True,
+    ),
     Subject(
         "crosslock file timeout",
         _crosslock_timeout,

@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 
 try:  # the file backend's paired system calls (Linux, when built)
     from ._speedups import LOCK_EX as _EX
+    from ._speedups import LOCK_NB as _NB
     from ._speedups import drop as _drop
     from ._speedups import grab as _grab
+
+    _TRY_EX = _EX | _NB
 except ImportError:  # no file core is fast then (FileCore.fast)
     pass
 
@@ -172,7 +175,7 @@ class Lock:
     def _set_core(self, core: _core.AnyCore) -> None:
         self._core = core
         #: the core whose common path acquire() and release() take themselves
-        fast = getattr(core, "fast", False) and self._timeout is None and not self._shared
+        fast = getattr(core, "fast", False) and not self._shared
         self._fast = cast("FileCore", core) if fast else None
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -255,22 +258,26 @@ class Lock:
         if core is not None and blocking and timeout is _UNSET:
             # The file backend's common call, in one frame: the process's gate,
             # then flock and the check that the file is still at its path in
-            # one call (FileCore tells what each field means).
+            # one call (FileCore tells what each field means). Without a
+            # timeout the first attempt is the blocking call itself; with one,
+            # a try, and the wait goes on in the core.
             me = _get_ident()
             if core._owner == me:
                 core._depth += 1
                 return True
+            wait = self._timeout
+            deadline = None if wait is None else _deadline(wait)
             if not core._gate.acquire(False):
-                return core._acquire(me, False, None)
+                return core._acquire(me, False, deadline)
             backend = core._backend
             try:
                 core._busy = True
                 try:
-                    state = _grab(backend._fd, _EX, backend._quick)
+                    state = _grab(backend._fd, _EX if wait is None else _TRY_EX, backend._quick)
                 finally:
                     core._busy = False
                 if state:  # held elsewhere, unchecked, no descriptor: the full path
-                    return core.resume(me, state)
+                    return core.resume(me, state, deadline)
                 core._owner = me
                 core._depth = 1
                 core._since = _time()

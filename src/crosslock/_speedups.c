@@ -151,7 +151,8 @@ PyInit__speedups(void)
         || PyModule_AddIntConstant(module, "BUSY", BUSY) < 0
         || PyModule_AddIntConstant(module, "UNCHECKED", UNCHECKED) < 0
         || PyModule_AddIntConstant(module, "NO_FD", NO_FD) < 0
-        || PyModule_AddIntConstant(module, "LOCK_EX", LOCK_EX) < 0) {
+        || PyModule_AddIntConstant(module, "LOCK_EX", LOCK_EX) < 0
+        || PyModule_AddIntConstant(module, "LOCK_NB", LOCK_NB) < 0) {
         Py_DECREF(module);
         return NULL;
     }

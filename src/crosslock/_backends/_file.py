@@ -584,13 +584,12 @@ class FileCore:
         gate.release()
         return False
 
-    def resume(self, owner: object, state: int) -> bool:
-        """Go on with an exclusive acquisition without timeout whose first
-        ``_speedups.grab`` (made by :class:`crosslock.Lock` with the gate held)
-        did not end in a checked grant. The caller's handler gives everything
-        back if this raises."""
+    def resume(self, owner: object, state: int, deadline: float | None) -> bool:
+        """Go on with an exclusive acquisition whose first ``_speedups.grab``
+        (made by :class:`crosslock.Lock` with the gate held) did not end in a
+        checked grant. The caller's handler gives everything back if this raises."""
         backend = self._backend
-        if (state == _UNCHECKED and backend._kept(backend._fd)) or self._take(False, None, state == _BUSY):
+        if (state == _UNCHECKED and backend._kept(backend._fd)) or self._take(False, deadline, state == _BUSY):
             self._grant(owner, False)
             return True
         self._gate.release()
