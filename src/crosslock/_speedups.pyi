@@ -1,11 +1,9 @@
-from typing import Final
-
-GRANTED: Final[int]
-BUSY: Final[int]
-UNCHECKED: Final[int]
-NO_FD: Final[int]
-LOCK_EX: Final[int]
-LOCK_NB: Final[int]
+GRANTED: int
+BUSY: int
+UNCHECKED: int
+NO_FD: int
+LOCK_EX: int
+LOCK_NB: int
 
 def grab(fd: int, op: int, quick: int, /) -> int: ...
 def drop(fd: int, quick: int, /) -> bool: ...

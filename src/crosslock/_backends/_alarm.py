@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Final
 
 __all__ = ["block"]
 
@@ -142,16 +143,26 @@ class _Timer:
 _timer: _Timer | None = None
 
 
-def block(
-    deadline: float, call: Callable[[int, int], object], fd: int, op: int, undo: Callable[[int], object]
-) -> bool | None:
-    """Make the blocking kernel call ``call(fd, op)`` in the main thread, ended
-    at ``deadline`` if it has not returned by then.
+#: What :func:`block` returns when the deadline ended the call.
+EXPIRED: Final = -1
 
-    Returns whether the call returned (``False``: the deadline ended it, and
-    ``undo(fd)`` took back what a call that returned just then got), or
-    ``None`` without calling: the calling thread cannot be interrupted this
-    way (it is not the main thread, or the program handles or blocks ``SIGURG``).
+
+def block(
+    deadline: float,
+    call: Callable[[int, int, int], int],
+    fd: int,
+    op: int,
+    arg: int,
+    undo: Callable[[int], object],
+) -> int | None:
+    """Make the blocking kernel call ``call(fd, op, arg)`` in the main thread,
+    ended at ``deadline`` if it has not returned by then.
+
+    Returns what the call returned (a number >= 0), or :data:`EXPIRED`: the
+    deadline ended it, and ``undo(fd)`` took back what a call that returned
+    just then got; or ``None`` without calling: the calling thread cannot be
+    interrupted this way (it is not the main thread, or the program handles or
+    blocks ``SIGURG``).
     """
     global current
     alarm = Alarm(deadline)
@@ -160,16 +171,16 @@ def block(
             return None
         try:
             current = alarm  # from here, the handler may raise _Expired
-            call(fd, op)
+            result = call(fd, op, arg)
         finally:
             current = None
     except _Expired:
         # Raised out of the call, or (a deadline met by a grant) just after it.
         undo(fd)
-        return False
+        return EXPIRED
     finally:
         alarm.done = True
-    return True
+    return result
 
 
 def _arm(alarm: Alarm) -> bool:

@@ -53,9 +53,20 @@ _UN = _os.LOCK_UN
 _EX = _os.LOCK_EX
 _time = time.time
 if _watch.speedups is not None:
-    _BUSY, _UNCHECKED = _watch.speedups.BUSY, _watch.speedups.UNCHECKED
+    from .._speedups import BUSY as _BUSY
+    from .._speedups import GRANTED as _GRANTED
+    from .._speedups import NO_FD as _NO_FD
+    from .._speedups import UNCHECKED as _UNCHECKED
+    from .._speedups import grab as _grab
 else:
-    _BUSY = _UNCHECKED = -1
+    _GRANTED, _BUSY, _UNCHECKED, _NO_FD = 0, 1, 2, 3
+
+    def _grab(fd: int, op: int, quick: int, /) -> int:
+        """The C module's ``grab`` for a blocking ``op``, in Python: the lock,
+        without the quick check (the caller makes it)."""
+        _flock(fd, op)
+        return _UNCHECKED
+
 
 __all__ = ["FileBackend", "FileTarget"]
 
@@ -256,18 +267,22 @@ class FileBackend(Backend):
             # The wait in this thread, inlined: it is the hand-off's path.
             mode = _os.LOCK_SH if shared else _os.LOCK_EX
             if deadline is None:
-                _flock(fd, mode)
+                state: int | None = _grab(fd, mode, self._quick)
             else:
-                granted: bool | None = None
+                state = None
                 if sys.platform != "win32":
-                    granted = _alarm.block(deadline, _flock, fd, mode, _os.unlock)
-                if granted is None:  # not in this thread: in a helper
-                    if deadline <= time.monotonic():
+                    state = _alarm.block(deadline, _grab, fd, mode, self._quick, _os.unlock)
+                    if state == _alarm.EXPIRED:
                         return False
-                    granted = self._wait_in_helper(shared, deadline)
+                if state is None:  # not in this thread: in a helper
+                    if deadline <= time.monotonic() or not self._wait_in_helper(shared, deadline):
+                        return False
                     fd = self._fd  # a wait taken over brings its own descriptor
-                if not granted:
-                    return False
+                    state = _UNCHECKED
+            if state == _GRANTED:  # the C module found nothing changed
+                return True
+            if state == _NO_FD:
+                return self._acquire(shared, deadline)
             watcher = self._watcher  # _kept's first check, inlined: the hand-off's path
             if watcher is not None and not watcher.queued(0, 1) and not watcher.draining and self._quick >= 0:
                 return True
@@ -295,9 +310,9 @@ class FileBackend(Backend):
         if sys.platform != "win32":
             # In the main thread, block in the kernel itself (see _alarm).
             mode = _os.LOCK_SH if shared else _os.LOCK_EX
-            granted = _alarm.block(deadline, _flock, self._fd, mode, _os.unlock)
-            if granted is not None:
-                return granted
+            state = _alarm.block(deadline, _grab, self._fd, mode, self._quick, _os.unlock)
+            if state is not None:
+                return state != _alarm.EXPIRED  # the caller checks the path
         return self._wait_in_helper(shared, deadline)
 
     def _wait_in_helper(self, shared: bool, deadline: float) -> bool:
@@ -589,7 +604,8 @@ class FileCore:
         (made by :class:`crosslock.Lock` with the gate held) did not end in a
         checked grant. The caller's handler gives everything back if this raises."""
         backend = self._backend
-        if (state == _UNCHECKED and backend._kept(backend._fd)) or self._take(False, deadline, state == _BUSY):
+        kept = state == _UNCHECKED and backend._kept(backend._fd)
+        if kept or self._take(False, deadline, state == _BUSY):
             self._grant(owner, False)
             return True
         self._gate.release()
