@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -77,6 +78,11 @@ def queued() -> Iterator[int]:
     os.close(w)
 
 
+def _B(fd: int, quick: int) -> Any:
+    """What grab() and drop() read of a file backend: its descriptor, its quick check."""
+    return types.SimpleNamespace(_fd=fd, _quick=quick)
+
+
 def _free(fd: int) -> bool:
     """Whether the lock file of ``fd`` can be locked through ``fd`` now (left unlocked)."""
     try:
@@ -85,6 +91,15 @@ def _free(fd: int) -> bool:
         return False
     fcntl.flock(fd, fcntl.LOCK_UN)
     return True
+
+
+# Linux's number of the flock system call, to see a thread blocked in it.
+_FLOCK_NR = {"x86_64": 73, "aarch64": 32}.get(platform.machine())
+
+
+def _in_flock(tid: int) -> bool:
+    with open(f"/proc/self/task/{tid}/syscall") as f:
+        return f.read().split()[0] == str(_FLOCK_NR)
 
 
 def test_the_module_is_what_file_locks_use() -> None:
@@ -99,17 +114,17 @@ def test_the_module_is_what_file_locks_use() -> None:
 
 def test_grab_on_a_quiet_check_is_granted(files: tuple[int, int], quiet: int) -> None:
     a, b = files
-    assert _speedups.grab(a, fcntl.LOCK_EX, quiet) == _speedups.GRANTED
+    assert _speedups.grab(_B(a, quiet), fcntl.LOCK_EX) == _speedups.GRANTED
     assert not _free(b)
-    assert _speedups.drop(a, quiet) is True
+    assert _speedups.drop(_B(a, quiet)) is True
     assert _free(b)
 
 
 def test_grab_with_something_queued_holds_but_asks_for_the_check(files: tuple[int, int], queued: int) -> None:
     a, b = files
-    assert _speedups.grab(a, fcntl.LOCK_EX, queued) == _speedups.UNCHECKED
+    assert _speedups.grab(_B(a, queued), fcntl.LOCK_EX) == _speedups.UNCHECKED
     assert not _free(b)
-    assert _speedups.grab(a, fcntl.LOCK_UN, -1) == _speedups.UNCHECKED  # no check: unchecked
+    assert _speedups.grab(_B(a, -1), fcntl.LOCK_UN) == _speedups.UNCHECKED  # no check: unchecked
     assert _free(b)
 
 
@@ -117,18 +132,18 @@ def test_a_drain_under_way_makes_every_check_unquiet(files: tuple[int, int], qui
     a, _ = files
     assert _speedups.drains(1) == 1
     try:
-        assert _speedups.grab(a, fcntl.LOCK_EX, quiet) == _speedups.UNCHECKED
-        assert _speedups.drop(a, quiet) is False
+        assert _speedups.grab(_B(a, quiet), fcntl.LOCK_EX) == _speedups.UNCHECKED
+        assert _speedups.drop(_B(a, quiet)) is False
     finally:
         assert _speedups.drains(-1) == 0
-    assert _speedups.drop(a, quiet) is True
+    assert _speedups.drop(_B(a, quiet)) is True
 
 
 def test_drop_with_something_queued_keeps_the_lock(files: tuple[int, int], queued: int) -> None:
     a, b = files
     fcntl.flock(a, fcntl.LOCK_EX)
-    assert _speedups.drop(a, queued) is False
-    assert _speedups.drop(a, -1) is False
+    assert _speedups.drop(_B(a, queued)) is False
+    assert _speedups.drop(_B(a, -1)) is False
     assert not _free(b)  # still held: the caller checks the path, then unlocks
     fcntl.flock(a, fcntl.LOCK_UN)
 
@@ -136,30 +151,46 @@ def test_drop_with_something_queued_keeps_the_lock(files: tuple[int, int], queue
 def test_grab_of_a_held_file_without_waiting_is_busy(files: tuple[int, int], quiet: int) -> None:
     a, b = files
     fcntl.flock(b, fcntl.LOCK_EX)
-    assert _speedups.grab(a, fcntl.LOCK_EX | fcntl.LOCK_NB, quiet) == _speedups.BUSY
+    assert _speedups.grab(_B(a, quiet), fcntl.LOCK_EX | fcntl.LOCK_NB) == _speedups.BUSY
     fcntl.flock(b, fcntl.LOCK_UN)
     assert _free(a)
 
 
 def test_bad_descriptors(files: tuple[int, int], quiet: int) -> None:
-    assert _speedups.grab(-1, fcntl.LOCK_EX, quiet) == _speedups.NO_FD
+    assert _speedups.grab(_B(-1, quiet), fcntl.LOCK_EX) == _speedups.NO_FD
     with pytest.raises(OSError, match="Invalid argument"):  # no such operation
-        _speedups.grab(files[0], 0, quiet)
+        _speedups.grab(_B(files[0], quiet), 0)
     with pytest.raises(OSError, match="Bad file descriptor"):  # nothing to unlock
-        _speedups.drop(-1, quiet)
+        _speedups.drop(_B(-1, quiet))
     with pytest.raises(OverflowError, match="descriptor out of range"):
-        _speedups.grab(2**40, fcntl.LOCK_EX, quiet)
+        _speedups.grab(_B(2**40, quiet), fcntl.LOCK_EX)
     with pytest.raises(TypeError):
-        _speedups.grab(files[0], fcntl.LOCK_EX)  # type: ignore[call-arg]
+        _speedups.grab(_B(files[0], quiet))  # type: ignore[call-arg]
+    with pytest.raises(AttributeError):
+        _speedups.drop(object())
 
 
-# Linux's number of the flock system call, to see a thread blocked in it.
-_FLOCK_NR = {"x86_64": 73, "aarch64": 32}.get(platform.machine())
+@pytest.mark.skipif(_FLOCK_NR is None, reason="flock's system call number is not known here")
+def test_the_check_reads_the_backend_after_the_wait(files: tuple[int, int], quiet: int) -> None:
+    """A file marked (by a drain in another thread) while grab() waited is unchecked."""
+    a, b = files
+    fcntl.flock(b, fcntl.LOCK_EX)
+    backend = _B(a, quiet)
+    main = threading.get_native_id()
 
+    def mark_then_release() -> None:
+        _wait_for(lambda: _in_flock(main), "the main thread to block in flock")
+        backend._quick = -1
+        fcntl.flock(b, fcntl.LOCK_UN)
 
-def _in_flock(tid: int) -> bool:
-    with open(f"/proc/self/task/{tid}/syscall") as f:
-        return f.read().split()[0] == str(_FLOCK_NR)
+    helper = threading.Thread(target=mark_then_release, daemon=True)
+    helper.start()
+    try:
+        assert _speedups.grab(backend, fcntl.LOCK_EX) == _speedups.UNCHECKED
+    finally:
+        helper.join(WAIT)
+    assert not helper.is_alive()
+    fcntl.flock(a, fcntl.LOCK_UN)
 
 
 @pytest.mark.skipif(_FLOCK_NR is None, reason="flock's system call number is not known here")
@@ -191,9 +222,9 @@ def test_a_signal_during_a_blocking_grab(files: tuple[int, int], quiet: int, rai
         helper.start()
         if raises:
             with pytest.raises(InterruptedError, match="raised by the handler"):
-                _speedups.grab(a, fcntl.LOCK_EX, quiet)
+                _speedups.grab(_B(a, quiet), fcntl.LOCK_EX)
         else:
-            assert _speedups.grab(a, fcntl.LOCK_EX, quiet) == _speedups.GRANTED
+            assert _speedups.grab(_B(a, quiet), fcntl.LOCK_EX) == _speedups.GRANTED
             fcntl.flock(a, fcntl.LOCK_UN)
     finally:
         helper.join(WAIT)

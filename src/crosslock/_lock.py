@@ -273,7 +273,7 @@ class Lock:
             try:
                 core._busy = True
                 try:
-                    state = _grab(backend._fd, _EX if wait is None else _TRY_EX, backend._quick)
+                    state = _grab(backend, _EX if wait is None else _TRY_EX)
                 finally:
                     core._busy = False
                 if state:  # held elsewhere, unchecked, no descriptor: the full path
@@ -317,7 +317,7 @@ class Lock:
             # The file backend's common call, in one frame (see acquire).
             backend = core._backend
             try:
-                if not _drop(backend._fd, backend._quick):
+                if not _drop(backend):
                     backend.release()  # checks the path first; raises LockLost
             except BaseException:
                 backend.cancel()  # interrupted before the unlock, maybe: unlock

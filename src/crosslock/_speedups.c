@@ -37,34 +37,55 @@ as_fd(PyObject *obj, int *out)
     return 0;
 }
 
-/* Nothing queued on the epoll descriptor ``quick`` (a negative one: the caller
- * must check the path itself) and no drain under way. Never blocks. */
+/* The backend's kept descriptor, and its quick-check descriptor: the
+ * watcher's epoll descriptor while no event marks the lock file, else -1
+ * (the caller must check the path itself). Read from the backend object at
+ * the moment they are used, with the GIL held, so that a drain in another
+ * thread cannot mark the file between the read and the check. */
+static PyObject *str_fd, *str_quick;
+
 static int
-quiet(int quick)
+attr_fd(PyObject *backend, PyObject *name, int *out)
 {
+    PyObject *value = PyObject_GetAttr(backend, name);
+    if (value == NULL)
+        return -1;
+    int rc = as_fd(value, out);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* 1: nothing queued on the backend's quick-check descriptor, none is marked
+ * and no drain is under way; 0: not so; -1: error (exception set). Never blocks. */
+static int
+quiet(PyObject *backend)
+{
+    int quick;
     struct epoll_event event;
+    if (attr_fd(backend, str_quick, &quick) < 0)
+        return -1;
     return quick >= 0 && drains_under_way == 0 && epoll_wait(quick, &event, 1, 0) == 0;
 }
 
 PyDoc_STRVAR(grab_doc,
-"grab(fd, op, quick) -> int\n\n"
-"flock(fd, op), then the quick check. Returns GRANTED (held, and no watched\n"
-"file changed), BUSY (op has LOCK_NB and another holder has the file),\n"
-"UNCHECKED (held, but the path must be checked) or NO_FD (fd is not open).\n"
-"Retries when a signal interrupts a blocking wait and no handler raised;\n"
-"other failures raise OSError.");
+"grab(backend, op) -> int\n\n"
+"flock(backend._fd, op), then the quick check. Returns GRANTED (held, and no\n"
+"watched file changed), BUSY (op has LOCK_NB and another holder has the\n"
+"file), UNCHECKED (held, but the path must be checked) or NO_FD (no\n"
+"descriptor open). Retries when a signal interrupts a blocking wait and no\n"
+"handler raised; other failures raise OSError.");
 
 enum { GRANTED = 0, BUSY = 1, UNCHECKED = 2, NO_FD = 3 };
 
 static PyObject *
 grab(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    int fd, op, quick, rc;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "grab() takes 3 arguments (%zd given)", nargs);
+    int fd, op, rc;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "grab() takes 2 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (as_fd(args[0], &fd) < 0 || as_fd(args[1], &op) < 0 || as_fd(args[2], &quick) < 0)
+    if (attr_fd(args[0], str_fd, &fd) < 0 || as_fd(args[1], &op) < 0)
         return NULL;
     for (;;) {
         if (op & LOCK_NB) {
@@ -89,26 +110,28 @@ grab(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return PyLong_FromLong(NO_FD);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return PyLong_FromLong(quiet(quick) ? GRANTED : UNCHECKED);
+    rc = quiet(args[0]);
+    if (rc < 0)
+        return NULL;
+    return PyLong_FromLong(rc ? GRANTED : UNCHECKED);
 }
 
 PyDoc_STRVAR(drop_doc,
-"drop(fd, quick) -> bool\n\n"
-"If the quick check finds nothing changed, flock(fd, LOCK_UN) and return\n"
-"True; otherwise return False and leave the lock held (the caller checks the\n"
-"path, then unlocks). A failed unlock raises OSError.");
+"drop(backend) -> bool\n\n"
+"If the quick check finds nothing changed, flock(backend._fd, LOCK_UN) and\n"
+"return True; otherwise return False and leave the lock held (the caller\n"
+"checks the path, then unlocks). A failed unlock raises OSError.");
 
 static PyObject *
-drop(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+drop(PyObject *module, PyObject *backend)
 {
-    int fd, quick;
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "drop() takes 2 arguments (%zd given)", nargs);
+    int fd, rc;
+    if (attr_fd(backend, str_fd, &fd) < 0)
         return NULL;
-    }
-    if (as_fd(args[0], &fd) < 0 || as_fd(args[1], &quick) < 0)
+    rc = quiet(backend);
+    if (rc < 0)
         return NULL;
-    if (!quiet(quick))
+    if (!rc)
         Py_RETURN_FALSE;
     if (flock(fd, LOCK_UN) != 0)  /* never blocks */
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -131,7 +154,7 @@ drains(PyObject *module, PyObject *arg)
 
 static PyMethodDef methods[] = {
     {"grab", (PyCFunction)(void (*)(void))grab, METH_FASTCALL, grab_doc},
-    {"drop", (PyCFunction)(void (*)(void))drop, METH_FASTCALL, drop_doc},
+    {"drop", drop, METH_O, drop_doc},
     {"drains", drains, METH_O, drains_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -144,6 +167,10 @@ static struct PyModuleDef speedups = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    str_fd = PyUnicode_InternFromString("_fd");
+    str_quick = PyUnicode_InternFromString("_quick");
+    if (str_fd == NULL || str_quick == NULL)
+        return NULL;
     PyObject *module = PyModule_Create(&speedups);
     if (module == NULL)
         return NULL;

@@ -31,9 +31,11 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Final
+from typing import Final, TypeVar
 
 __all__ = ["block"]
+
+T = TypeVar("T")
 
 try:  # the C functions: signal's wrappers turn numbers into enums, slowly
     import _signal as _raw  # type: ignore[import-not-found]
@@ -148,21 +150,16 @@ EXPIRED: Final = -1
 
 
 def block(
-    deadline: float,
-    call: Callable[[int, int, int], int],
-    fd: int,
-    op: int,
-    arg: int,
-    undo: Callable[[int], object],
+    deadline: float, call: Callable[[T, int], int], target: T, op: int, undo: Callable[[T], object]
 ) -> int | None:
-    """Make the blocking kernel call ``call(fd, op, arg)`` in the main thread,
+    """Make the blocking kernel call ``call(target, op)`` in the main thread,
     ended at ``deadline`` if it has not returned by then.
 
     Returns what the call returned (a number >= 0), or :data:`EXPIRED`: the
-    deadline ended it, and ``undo(fd)`` took back what a call that returned
-    just then got; or ``None`` without calling: the calling thread cannot be
-    interrupted this way (it is not the main thread, or the program handles or
-    blocks ``SIGURG``).
+    deadline ended it, and ``undo(target)`` took back what a call that
+    returned just then got; or ``None`` without calling: the calling thread
+    cannot be interrupted this way (it is not the main thread, or the program
+    handles or blocks ``SIGURG``).
     """
     global current
     alarm = Alarm(deadline)
@@ -171,12 +168,12 @@ def block(
             return None
         try:
             current = alarm  # from here, the handler may raise _Expired
-            result = call(fd, op, arg)
+            result = call(target, op)
         finally:
             current = None
     except _Expired:
         # Raised out of the call, or (a deadline met by a grant) just after it.
-        undo(fd)
+        undo(target)
         return EXPIRED
     finally:
         alarm.done = True

@@ -61,10 +61,10 @@ if _watch.speedups is not None:
 else:
     _GRANTED, _BUSY, _UNCHECKED, _NO_FD = 0, 1, 2, 3
 
-    def _grab(fd: int, op: int, quick: int, /) -> int:
+    def _grab(backend: Any, op: int, /) -> int:
         """The C module's ``grab`` for a blocking ``op``, in Python: the lock,
         without the quick check (the caller makes it)."""
-        _flock(fd, op)
+        _flock(backend._fd, op)
         return _UNCHECKED
 
 
@@ -267,11 +267,11 @@ class FileBackend(Backend):
             # The wait in this thread, inlined: it is the hand-off's path.
             mode = _os.LOCK_SH if shared else _os.LOCK_EX
             if deadline is None:
-                state: int | None = _grab(fd, mode, self._quick)
+                state: int | None = _grab(self, mode)
             else:
                 state = None
                 if sys.platform != "win32":
-                    state = _alarm.block(deadline, _grab, fd, mode, self._quick, _os.unlock)
+                    state = _alarm.block(deadline, _grab, self, mode, FileBackend._unlock)
                     if state == _alarm.EXPIRED:
                         return False
                 if state is None:  # not in this thread: in a helper
@@ -310,7 +310,7 @@ class FileBackend(Backend):
         if sys.platform != "win32":
             # In the main thread, block in the kernel itself (see _alarm).
             mode = _os.LOCK_SH if shared else _os.LOCK_EX
-            state = _alarm.block(deadline, _grab, self._fd, mode, self._quick, _os.unlock)
+            state = _alarm.block(deadline, _grab, self, mode, FileBackend._unlock)
             if state is not None:
                 return state != _alarm.EXPIRED  # the caller checks the path
         return self._wait_in_helper(shared, deadline)
@@ -373,6 +373,9 @@ class FileBackend(Backend):
             _os.unlock(wait.fd)
         os.close(wait.fd)
         return None
+
+    def _unlock(self) -> None:
+        _os.unlock(self._fd)
 
     def cancel(self) -> None:
         with self._wlock:
