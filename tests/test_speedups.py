@@ -8,6 +8,7 @@ watching a pipe with a byte in it has something queued).
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
 import os
 import platform
 import select
@@ -24,7 +25,7 @@ import pytest
 import crosslock
 from crosslock._backends import _watch
 
-from .conftest import WAIT
+from .conftest import WAIT, Procs
 
 try:
     from crosslock import _speedups
@@ -231,3 +232,22 @@ def test_a_signal_during_a_blocking_grab(files: tuple[int, int], quiet: int, rai
         signal.signal(signal.SIGUSR1, old)
     assert not helper.is_alive()
     assert _free(a)
+
+
+def _drains_in_child(conn: Any) -> None:
+    conn.send(_speedups.drains(0))
+
+
+def test_a_drain_under_way_at_fork_is_not_under_way_in_the_child(procs: Procs) -> None:
+    """A child forked while another thread drained the queue counts no drain."""
+    fork = multiprocessing.get_context("fork")
+    parent_conn, child_conn = fork.Pipe()
+    assert _speedups.drains(1) == 1
+    try:
+        child = procs.start(fork, _drains_in_child, child_conn)
+    finally:
+        assert _speedups.drains(-1) == 0
+    assert parent_conn.poll(WAIT), "the child did not answer"
+    assert parent_conn.recv() == 0
+    child.join(WAIT)
+    assert child.exitcode == 0
