@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
 
@@ -152,10 +153,32 @@ drains(PyObject *module, PyObject *arg)
     return PyLong_FromLong(drains_under_way);
 }
 
+PyDoc_STRVAR(blocked_doc,
+"blocked(signum) -> bool\n\n"
+"Whether the calling thread's signal mask blocks signum (one system call;\n"
+"signal.pthread_sigmask builds a set of every blocked signal).");
+
+static PyObject *
+blocked(PyObject *module, PyObject *arg)
+{
+    int signum;
+    sigset_t mask;
+    if (as_fd(arg, &signum) < 0)
+        return NULL;
+    errno = pthread_sigmask(SIG_BLOCK, NULL, &mask);
+    if (errno != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    int member = sigismember(&mask, signum);
+    if (member < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyBool_FromLong(member);
+}
+
 static PyMethodDef methods[] = {
     {"grab", (PyCFunction)(void (*)(void))grab, METH_FASTCALL, grab_doc},
     {"drop", drop, METH_O, drop_doc},
     {"drains", drains, METH_O, drains_doc},
+    {"blocked", blocked, METH_O, blocked_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Final, TypeVar
 
+from . import _watch
+
 __all__ = ["block"]
 
 T = TypeVar("T")
@@ -43,6 +45,14 @@ except ImportError:  # pragma: no cover - not CPython
     _raw = signal
 
 _SIGNAL = int(signal.SIGURG)
+
+
+def _blocked_py(signum: int) -> bool:
+    return signum in _raw.pthread_sigmask(signal.SIG_BLOCK, ())
+
+
+#: whether the calling thread blocks a signal (the C module's check is one system call)
+_blocked: Callable[[int], bool] = _watch.speedups.blocked if _watch.speedups is not None else _blocked_py
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 #: the main thread (after fork(), the thread that forked)
@@ -194,7 +204,7 @@ def _arm(alarm: Alarm) -> bool:
             signal.signal(_SIGNAL, _handler)
         except (ValueError, OSError):  # a subinterpreter, say
             return False
-    if _SIGNAL in _raw.pthread_sigmask(signal.SIG_BLOCK, ()):
+    if _blocked(_SIGNAL):
         return False
     armed = alarm
     timer = _timer
