@@ -525,7 +525,7 @@ class FileCore:
     )
 
     #: :class:`crosslock.Lock` may take this core's common path itself (in one
-    #: frame, with the C module's paired calls): exclusive, without timeout.
+    #: frame, with the C module's paired calls) for exclusive locks.
     fast: Final = _watch.speedups is not None
 
     def __init__(self, target: FileTarget) -> None:
