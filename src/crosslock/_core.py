@@ -31,7 +31,16 @@ from typing import Any, Protocol, cast
 from ._backends._base import Backend, Target
 from ._errors import LockError, NotHeldError
 
-__all__ = ["TRY", "AnyCore", "Core", "get_core", "not_held_message", "upgrade_error"]
+__all__ = [
+    "TRY",
+    "AnyCore",
+    "Core",
+    "get_core",
+    "hold_shared_again",
+    "leave_shared",
+    "not_held_message",
+    "upgrade_error",
+]
 
 _monotonic = time.monotonic
 _time = time.time
@@ -143,13 +152,8 @@ class Core:
             if self._owner == owner:
                 self._depth += 1
                 return True
-            if self._readers:
-                n = self._readers.get(owner)
-                if n is not None:
-                    if not shared:
-                        raise upgrade_error(self.target.display)
-                    self._readers[owner] = n + 1
-                    return True
+            if self._readers and hold_shared_again(self._readers, owner, shared, self.target.display):
+                return True
             while self._busy or self._mode != _FREE:
                 if shared and self._mode == _SHARED and not self._busy:
                     self._readers[owner] = 1
@@ -233,14 +237,10 @@ class Core:
                     return
                 self._owner = None
             else:
-                n = self._readers.get(owner)
-                if n is None:
+                last = leave_shared(self._readers, owner)
+                if last is None:
                     raise NotHeldError(self._not_held_message())
-                if n > 1:
-                    self._readers[owner] = n - 1
-                    return
-                del self._readers[owner]
-                if self._readers:
+                if not last:
                     return
             # Give the lock up first (the others wait for that), then tidy up:
             # nobody of this process sees the state in between (mutex).
@@ -294,6 +294,33 @@ def not_held_message(name: str, free: bool) -> str:
     if free:
         return f"cannot release un-acquired lock {name!r}"
     return f"cannot release lock {name!r}: it is held by another thread or task, not this one"
+
+
+def hold_shared_again(readers: dict[object, int], owner: object, shared: bool, name: str) -> bool:
+    """Count one more hold of ``owner`` if it holds lock ``name`` shared
+    (``False``: it holds no shared hold). Raises the upgrade error if it asks
+    for an exclusive hold instead."""
+    n = readers.get(owner)
+    if n is None:
+        return False
+    if not shared:
+        raise upgrade_error(name)
+    readers[owner] = n + 1
+    return True
+
+
+def leave_shared(readers: dict[object, int], owner: object) -> bool | None:
+    """Take one shared hold of ``owner`` off ``readers``: ``True`` if that was
+    the process's last shared hold, ``False`` if holds remain, ``None`` if
+    ``owner`` holds none."""
+    n = readers.get(owner)
+    if n is None:
+        return None
+    if n > 1:
+        readers[owner] = n - 1
+        return False
+    del readers[owner]
+    return not readers
 
 
 def upgrade_error(name: str) -> LockError:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from .. import _record
-from .._core import TRY, _held, not_held_message, upgrade_error
+from .._core import TRY, _held, hold_shared_again, leave_shared, not_held_message
 from .._errors import LockError, LockLost, NotHeldError
 from .._paths import lock_path
 from . import _watch
@@ -630,11 +630,7 @@ class FileCore:
     def _acquire(self, owner: object, shared: bool, deadline: float | None) -> bool:
         """Another thread of this process holds the lock or waits for it."""
         with self._mutex:
-            n = self._readers.get(owner)
-            if n is not None:
-                if not shared:
-                    raise upgrade_error(self.target.display)
-                self._readers[owner] = n + 1
+            if hold_shared_again(self._readers, owner, shared, self.target.display):
                 return True
             if shared and self._readers and not self._waiting:
                 self._readers[owner] = 1  # join the process's shared hold
@@ -726,15 +722,11 @@ class FileCore:
                 self._gate.release()
             return
         with self._mutex:
-            n = self._readers.get(owner)
-            if n is None:
+            last = leave_shared(self._readers, owner)
+            if last is None:
                 free = self._owner is None and not self._readers
                 raise NotHeldError(not_held_message(self.target.display, free))
-            if n > 1:
-                self._readers[owner] = n - 1
-                return
-            del self._readers[owner]
-            if self._readers:
+            if not last:
                 return
             try:
                 self._backend.release()
