@@ -607,22 +607,9 @@ class FileCore:
         (made by :class:`crosslock.Lock` with the gate held) did not end in a
         checked grant. The caller's handler gives everything back if this raises."""
         backend = self._backend
-        if state == _BUSY:  # held elsewhere: wait (the hand-off's path, flat)
-            if deadline is not None and deadline <= time.monotonic():
-                got = False
-            else:
-                self._busy = True
-                try:
-                    got = backend.wait(False, deadline)
-                finally:
-                    self._busy = False
-        else:
-            got = (state == _UNCHECKED and backend._kept(backend._fd)) or self._take(False, deadline)
-        if got:
-            self._owner = owner
-            self._depth = 1
-            self._since = _time()
-            _held.add(self)
+        kept = state == _UNCHECKED and backend._kept(backend._fd)
+        if kept or self._take(False, deadline, tried=state == _BUSY):
+            self._grant(owner, False)
             return True
         self._gate.release()
         return False
